@@ -1,0 +1,110 @@
+"""From raw request bytes to a validated callback: decode, parse, decide the kind, validate.
+
+This is the one place that decides what kind a callback is. Anything a client can send
+ends here either as a ``Callback`` or as a ``Rejection`` carrying the HTTP status, a typed
+reason and the errors keyed by field.
+"""
+
+import json
+from dataclasses import dataclass
+
+from marshmallow import ValidationError
+
+from .schemas import FINAL_REPORT, KINDS, MESSAGE_STATUS, SCHEMAS
+
+HTTP_STATUS_TEXT = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    413: "Payload Too Large",
+    422: "Unprocessable Entity",
+    503: "Service Unavailable",
+}
+
+
+class Rejection(Exception):
+    """A callback the receiver will not store as an event, with why."""
+
+    def __init__(self, http_status, reason, message, errors=None):
+        super().__init__(message)
+        self.http_status = http_status
+        self.reason = reason
+        self.message = message
+        self.errors = errors or {}
+
+    def as_json(self):
+        """The response body and the stored error: status, typed reason, errors by field."""
+        return {
+            "code": self.http_status,
+            "status": HTTP_STATUS_TEXT.get(self.http_status, ""),
+            "reason": self.reason,
+            "message": self.message,
+            "errors": {"json": self.errors},
+        }
+
+
+@dataclass(frozen=True)
+class Callback:
+    """A validated callback: its kind and the loaded fields (unknown fields included)."""
+
+    kind: str
+    data: dict
+
+
+def classify(payload, default=None):
+    """Decide a callback's kind by its shape, falling back to the endpoint's ``default``.
+
+    A final report has a top-level ``dispatch_uuid`` and ``template`` (or its message links);
+    a status has ``message_uuid``. Returns None when neither the shape nor a default decides.
+    """
+    if "message_uuid" in payload:
+        return MESSAGE_STATUS
+    if "dispatch_uuid" in payload and ("template" in payload or "_links" in payload):
+        return FINAL_REPORT
+    return default
+
+
+def decode(body):
+    """Raw bytes -> a JSON object, or Rejection(400) naming what is wrong with the bytes."""
+    if not body:
+        raise Rejection(400, "empty_body", "The request body is empty; expected a JSON object.",
+                        {"_body": ["Empty body."]})
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise Rejection(400, "invalid_utf8", "The request body is not valid UTF-8.",
+                        {"_body": [f"Invalid UTF-8 at byte {error.start}."]}) from None
+    try:
+        payload = json.loads(text)
+    except RecursionError:
+        raise Rejection(400, "too_deep", "The JSON is nested too deeply.",
+                        {"_body": ["JSON nesting too deep."]}) from None
+    except ValueError as error:
+        raise Rejection(400, "invalid_json", "The request body is not valid JSON.",
+                        {"_body": [str(error)]}) from None
+    if not isinstance(payload, dict):
+        raise Rejection(422, "schema_error", "A callback must be a JSON object.",
+                        {"_schema": [f"Expected a JSON object, got {type(payload).__name__}."]})
+    return payload
+
+
+def parse(body, default_kind=None):
+    """Raw bytes from an endpoint whose own kind is ``default_kind`` -> a validated Callback."""
+    payload = decode(body)
+    kind = classify(payload, default_kind)
+    if kind not in KINDS:
+        raise Rejection(
+            422, "unknown_kind",
+            "Cannot tell the kind of callback: a message status has message_uuid, "
+            "a final report has dispatch_uuid and template.",
+            {"message_uuid": ["Missing data for required field."],
+             "dispatch_uuid": ["Missing data for required field."]},
+        )
+    try:
+        data = SCHEMAS[kind].load(payload)
+    except ValidationError as error:
+        raise Rejection(422, "schema_error", f"The {kind.replace('_', ' ')} callback is invalid.",
+                        error.normalized_messages()) from None
+    except RecursionError:
+        raise Rejection(400, "too_deep", "The JSON is nested too deeply.",
+                        {"_body": ["JSON nesting too deep."]}) from None
+    return Callback(kind, data)

@@ -1,0 +1,73 @@
+"""Every setting the receiver reads, read from the environment in this one place."""
+
+import os
+from dataclasses import dataclass, fields
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The receiver's settings; see the README's table for what each one does."""
+
+    db_path: str = "var/events.db"
+    port: int = 8000
+    datasette_port: int = 8001
+    max_body_bytes: int = 1 * MIB
+    # FULL: every acknowledged callback is synced to disk before the 200. NORMAL trades the
+    # last few commits on power loss (not on a process crash) for speed; off by default.
+    synchronous: str = "FULL"
+    busy_timeout_ms: int = 10_000
+    # How long a request waits for its group commit before answering 503.
+    commit_timeout_s: float = 10.0
+    # Most callbacks one group commit takes at once.
+    max_batch: int = 256
+    # Number of proxies in front of the receiver whose X-Forwarded-For to trust (0: none).
+    proxy_hops: int = 0
+    log_level: str = "INFO"
+
+
+# Setting name -> (environment variable, parser)
+ENVIRONMENT = {
+    "db_path": ("RECEIVER_DB", str),
+    "port": ("PORT", int),
+    "datasette_port": ("DATASETTE_PORT", int),
+    "max_body_bytes": ("RECEIVER_MAX_BODY_BYTES", int),
+    "synchronous": ("RECEIVER_SYNCHRONOUS", str.upper),
+    "busy_timeout_ms": ("RECEIVER_BUSY_TIMEOUT_MS", int),
+    "commit_timeout_s": ("RECEIVER_COMMIT_TIMEOUT_S", float),
+    "max_batch": ("RECEIVER_MAX_BATCH", int),
+    "proxy_hops": ("RECEIVER_PROXY_HOPS", int),
+    "log_level": ("RECEIVER_LOG_LEVEL", str.upper),
+}
+
+SYNCHRONOUS_MODES = ("FULL", "NORMAL", "EXTRA")
+
+
+def load_settings(environ=None, **overrides):
+    """Build Settings from the environment (``os.environ`` by default), then ``overrides``."""
+    environ = os.environ if environ is None else environ
+    values = {}
+    for name, (variable, parse) in ENVIRONMENT.items():
+        raw = environ.get(variable)
+        if raw not in (None, ""):
+            try:
+                values[name] = parse(raw)
+            except ValueError:
+                raise ValueError(f"{variable}={raw!r} is not a valid value") from None
+    values.update(overrides)
+    settings = Settings(**values)
+    if settings.synchronous not in SYNCHRONOUS_MODES:
+        raise ValueError(
+            f"RECEIVER_SYNCHRONOUS must be one of {', '.join(SYNCHRONOUS_MODES)}, "
+            f"not {settings.synchronous!r}"
+        )
+    if settings.max_body_bytes <= 0:
+        raise ValueError("RECEIVER_MAX_BODY_BYTES must be positive")
+    return settings
+
+
+def describe(settings):
+    """One line per setting, for the start-up log and ``receiver config``."""
+    names = {f.name for f in fields(settings)}
+    return [f"{ENVIRONMENT[n][0]}={getattr(settings, n)}" for n in ENVIRONMENT if n in names]

@@ -1,0 +1,237 @@
+"""The one place that opens the database, and the schema it holds."""
+
+import os
+import sqlite3
+
+import sqlite_utils
+
+# Schema version kept in PRAGMA user_version; bump it with each migration below.
+SCHEMA_VERSION = 1
+
+TABLES = """
+CREATE TABLE IF NOT EXISTS callbacks (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    api TEXT NOT NULL DEFAULT 'dispatch',
+    sha256 TEXT NOT NULL UNIQUE,
+    body TEXT NOT NULL,
+    endpoint TEXT,
+    received_at TEXT NOT NULL,
+    last_received_at TEXT NOT NULL,
+    delivery_count INTEGER NOT NULL DEFAULT 1,
+    remote_addr TEXT,
+    user_agent TEXT,
+    content_type TEXT,
+    signature_status TEXT NOT NULL DEFAULT 'not_checked'
+);
+CREATE INDEX IF NOT EXISTS callbacks_received_at ON callbacks (received_at);
+
+CREATE TABLE IF NOT EXISTS status_events (
+    id INTEGER PRIMARY KEY,
+    callback_id INTEGER NOT NULL REFERENCES callbacks (id),
+    api TEXT NOT NULL DEFAULT 'dispatch',
+    message_uuid TEXT NOT NULL,
+    dispatch_uuid TEXT,
+    channel TEXT,
+    status TEXT NOT NULL,
+    status_rank INTEGER NOT NULL,
+    timestamp TEXT NOT NULL,
+    to_type TEXT,
+    to_id TEXT,
+    to_number TEXT,
+    from_type TEXT,
+    from_id TEXT,
+    from_number TEXT,
+    error_code INTEGER,
+    error_reason TEXT,
+    price TEXT,
+    price_nano INTEGER,
+    currency TEXT,
+    received_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS status_events_message ON status_events (message_uuid, status_rank);
+CREATE INDEX IF NOT EXISTS status_events_dispatch ON status_events (dispatch_uuid, timestamp);
+CREATE INDEX IF NOT EXISTS status_events_timestamp ON status_events (timestamp);
+CREATE INDEX IF NOT EXISTS status_events_callback ON status_events (callback_id);
+
+CREATE TABLE IF NOT EXISTS final_reports (
+    id INTEGER PRIMARY KEY,
+    callback_id INTEGER NOT NULL REFERENCES callbacks (id),
+    dispatch_uuid TEXT NOT NULL,
+    template TEXT,
+    status TEXT NOT NULL,
+    timestamp TEXT NOT NULL,
+    price TEXT,
+    price_nano INTEGER,
+    currency TEXT,
+    message_count INTEGER NOT NULL DEFAULT 0,
+    received_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS final_reports_dispatch ON final_reports (dispatch_uuid, timestamp);
+CREATE INDEX IF NOT EXISTS final_reports_timestamp ON final_reports (timestamp);
+CREATE INDEX IF NOT EXISTS final_reports_callback ON final_reports (callback_id);
+
+CREATE TABLE IF NOT EXISTS final_report_messages (
+    id INTEGER PRIMARY KEY,
+    final_report_id INTEGER NOT NULL REFERENCES final_reports (id),
+    dispatch_uuid TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    message_uuid TEXT NOT NULL,
+    channel TEXT,
+    status TEXT,
+    status_rank INTEGER,
+    price TEXT,
+    price_nano INTEGER,
+    currency TEXT
+);
+CREATE INDEX IF NOT EXISTS final_report_messages_message ON final_report_messages (message_uuid);
+CREATE INDEX IF NOT EXISTS final_report_messages_report ON final_report_messages (final_report_id);
+CREATE INDEX IF NOT EXISTS final_report_messages_dispatch ON final_report_messages (dispatch_uuid);
+
+CREATE TABLE IF NOT EXISTS messages (
+    message_uuid TEXT PRIMARY KEY,
+    dispatch_uuid TEXT,
+    channel TEXT,
+    workflow_position INTEGER,
+    status TEXT,
+    status_rank INTEGER,
+    first_seen_at TEXT,
+    last_seen_at TEXT,
+    submitted_at TEXT,
+    delivered_at TEXT,
+    read_at TEXT,
+    rejected_at TEXT,
+    undeliverable_at TEXT,
+    error_code INTEGER,
+    error_reason TEXT,
+    price TEXT,
+    price_nano INTEGER,
+    currency TEXT,
+    event_count INTEGER NOT NULL DEFAULT 0,
+    final_report_status TEXT,
+    final_report_price TEXT
+);
+CREATE INDEX IF NOT EXISTS messages_dispatch ON messages (dispatch_uuid, workflow_position);
+CREATE INDEX IF NOT EXISTS messages_status ON messages (status, last_seen_at);
+
+CREATE TABLE IF NOT EXISTS dispatches (
+    dispatch_uuid TEXT PRIMARY KEY,
+    first_seen_at TEXT,
+    last_seen_at TEXT,
+    final_status TEXT,
+    final_timestamp TEXT,
+    final_price TEXT,
+    final_price_nano INTEGER,
+    final_currency TEXT,
+    final_report_count INTEGER NOT NULL DEFAULT 0,
+    message_count INTEGER NOT NULL DEFAULT 0,
+    channels TEXT,
+    delivered_channel TEXT,
+    messages_price TEXT,
+    messages_price_nano INTEGER,
+    messages_currency TEXT
+);
+CREATE INDEX IF NOT EXISTS dispatches_first_seen ON dispatches (first_seen_at);
+CREATE INDEX IF NOT EXISTS dispatches_final_status ON dispatches (final_status);
+
+CREATE TABLE IF NOT EXISTS rejected_callbacks (
+    id INTEGER PRIMARY KEY,
+    received_at TEXT NOT NULL,
+    endpoint TEXT,
+    remote_addr TEXT,
+    user_agent TEXT,
+    content_type TEXT,
+    body BLOB,
+    body_bytes INTEGER NOT NULL,
+    body_truncated INTEGER NOT NULL DEFAULT 0,
+    sha256 TEXT,
+    http_status INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    error TEXT NOT NULL,
+    reprocessed_at TEXT,
+    reprocess_result TEXT,
+    callback_id INTEGER REFERENCES callbacks (id)
+);
+CREATE INDEX IF NOT EXISTS rejected_callbacks_received_at ON rejected_callbacks (received_at);
+CREATE INDEX IF NOT EXISTS rejected_callbacks_pending ON rejected_callbacks (reprocessed_at, id);
+
+CREATE TABLE IF NOT EXISTS receiver_health (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    checked_at TEXT NOT NULL,
+    pid INTEGER
+);
+"""
+
+
+def connect(path, *, synchronous="FULL", busy_timeout_ms=10_000, readonly=False):
+    """Open a connection to the event store at ``path``, configured for concurrent writers.
+
+    Autocommit mode (``isolation_level=None``): callers issue ``BEGIN IMMEDIATE`` themselves
+    so that a write transaction takes the write lock up front and waits on the busy timeout
+    instead of failing on a lock upgrade.
+    """
+    if readonly:
+        conn = sqlite3.connect(
+            f"file:{os.path.abspath(path)}?mode=ro", uri=True, isolation_level=None,
+            check_same_thread=False,
+        )
+    else:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    if not readonly:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def connect_settings(settings, **kwargs):
+    """Open the database named by a Settings object."""
+    return connect(
+        settings.db_path,
+        synchronous=settings.synchronous,
+        busy_timeout_ms=settings.busy_timeout_ms,
+        **kwargs,
+    )
+
+
+def init_db(path, **kwargs):
+    """Create or migrate the schema at ``path``; safe to run from several processes at once."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    conn = connect(path, **kwargs)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"{path} has schema version {version}, newer than this receiver's "
+                    f"{SCHEMA_VERSION}; upgrade the receiver"
+                )
+            for statement in TABLES.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            _add_missing_columns(conn)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return version
+    finally:
+        conn.close()
+
+
+def _add_missing_columns(conn):
+    """Migrate older files: add any column the CREATE TABLE above has and the file lacks."""
+    db = sqlite_utils.Database(conn)
+    scratch = sqlite_utils.Database(memory=True)
+    scratch.executescript(TABLES)
+    for table in scratch.table_names():
+        existing = db[table].columns_dict
+        for column in scratch[table].columns:
+            if column.name not in existing:
+                conn.execute(
+                    f"ALTER TABLE [{table}] ADD COLUMN [{column.name}] {column.type or ''}"
+                )

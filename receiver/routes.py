@@ -1,0 +1,128 @@
+"""The webhook endpoints and the health check."""
+
+import logging
+import os
+
+from flask import Blueprint, current_app, jsonify, request
+
+from . import store
+from .callbacks import Rejection, parse
+from .schemas import FINAL_REPORT, MESSAGE_STATUS
+from .writer import StorageError
+
+log = logging.getLogger("receiver")
+bp = Blueprint("webhooks", __name__)
+
+RETRY_AFTER_S = "5"
+
+
+def _read_body(limit):
+    """Read at most ``limit`` bytes; return (body, too_large, announced_length)."""
+    announced = request.content_length
+    if announced is not None and announced > limit:
+        return request.stream.read(limit), True, announced
+    body = request.stream.read(limit + 1)
+    if len(body) > limit:
+        return body[:limit], True, None
+    return body, False, announced
+
+
+def _delivery(body):
+    return store.Delivery(
+        body=body,
+        endpoint=request.path,
+        received_at=store.utcnow(),
+        remote_addr=request.remote_addr,
+        user_agent=request.headers.get("User-Agent"),
+        content_type=request.headers.get("Content-Type"),
+    )
+
+
+def _unavailable(error):
+    log.error("503 %s: storage failed: %s", request.path, error)
+    response = jsonify(code=503, status="Service Unavailable", reason="storage_unavailable",
+                       message="The callback could not be stored; retry later.")
+    response.status_code = 503
+    response.headers["Retry-After"] = RETRY_AFTER_S
+    return response
+
+
+def _reject(rejection, delivery, **extra):
+    """Keep the body in ``rejected_callbacks`` and answer the rejection's status."""
+    writer = current_app.extensions["receiver.writer"]
+    try:
+        rejected_id = writer.submit(
+            lambda conn: store.store_rejection(conn, rejection, delivery, **extra)
+        )
+    except StorageError as error:
+        # Unkept, a 4xx would lose the body for good (Vonage does not retry 4xx).
+        return _unavailable(error)
+    log.warning("%d %s: %s (%s), kept as rejected_callbacks/%d", rejection.http_status,
+                request.path, rejection.reason, rejection.message, rejected_id)
+    body = rejection.as_json()
+    body["rejected_id"] = rejected_id
+    response = jsonify(body)
+    response.status_code = rejection.http_status
+    return response
+
+
+def receive(default_kind):
+    """Read, validate and durably store one callback; answer 200 only once it is on disk."""
+    settings = current_app.config["RECEIVER_SETTINGS"]
+    body, too_large, announced = _read_body(settings.max_body_bytes)
+    delivery = _delivery(body)
+    if too_large:
+        size = f"{announced} bytes" if announced is not None else "more than that"
+        rejection = Rejection(
+            413, "body_too_large",
+            f"The body is larger than the limit of {settings.max_body_bytes} bytes.",
+            {"_body": [f"Body is {size}; the limit is {settings.max_body_bytes} bytes."]},
+        )
+        return _reject(rejection, delivery, truncated=True, body_bytes=announced or len(body))
+    try:
+        callback = parse(body, default_kind)
+    except Rejection as rejection:
+        return _reject(rejection, delivery)
+    writer = current_app.extensions["receiver.writer"]
+    try:
+        stored = writer.submit(lambda conn: store.store_callback(conn, callback, delivery))
+    except StorageError as error:
+        return _unavailable(error)
+    return jsonify(
+        status="duplicate" if stored.duplicate else "stored",
+        kind=stored.kind,
+        callback_id=stored.callback_id,
+        delivery_count=stored.delivery_count,
+    )
+
+
+@bp.post("/webhooks/message-status")
+def message_status():
+    """The seed's Message Status URL; a final report posted here is stored as one."""
+    return receive(MESSAGE_STATUS)
+
+
+@bp.post("/webhooks/final-report")
+def final_report():
+    """The seed's Final Report URL; a message status posted here is stored as one."""
+    return receive(FINAL_REPORT)
+
+
+@bp.post("/webhooks/vonage")
+def any_callback():
+    """One Status URL for every callback: the kind is told by the body's shape."""
+    return receive(None)
+
+
+@bp.get("/healthz")
+def healthz():
+    """200 when the database takes a write, else 503."""
+    writer = current_app.extensions["receiver.writer"]
+    pid = os.getpid()
+    try:
+        writer.submit(lambda conn: store.record_health(conn, pid))
+    except StorageError as error:
+        response = jsonify(status="unavailable", database="not writable", error=str(error))
+        response.status_code = 503
+        return response
+    return jsonify(status="ok", database="writable", pid=pid)

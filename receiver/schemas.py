@@ -1,0 +1,169 @@
+"""Marshmallow schemas of the two Dispatch callbacks, field by field after the seed spec.
+
+Unknown fields are accepted and kept (Vonage adds fields over time); the raw body is stored
+byte-exact beside the validated fields.
+"""
+
+import re
+from datetime import datetime, timezone
+
+from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, validates_schema
+
+from . import money
+
+CHANNELS = ("sms", "mms", "viber_service_msg", "messenger", "whatsapp")
+# The Final Report's channel enum is misspelt in every published spec version.
+CHANNEL_ALIASES = {"viber_sevice_msg": "viber_service_msg"}
+STATUSES = ("submitted", "delivered", "read", "rejected", "undeliverable")
+FINAL_STATUSES = ("completed", "error")
+TEMPLATES = ("failover",)
+
+# The current status of a message is the highest-ranked one seen, whatever the arrival order:
+# submitted < delivered < read, and the terminal failures above any success.
+STATUS_RANK = {"submitted": 1, "delivered": 2, "read": 3, "undeliverable": 4, "rejected": 5}
+
+UUID_LENGTH = validate.Length(min=1, max=100)
+ERROR_CODE_RANGE = validate.Range(min=0, max=2**31 - 1)
+CURRENCY_PATTERN = re.compile(r"^[A-Z]{3}$")
+
+
+class Timestamp(fields.Field):
+    """An ISO 8601 date-time, loaded as normalised UTC text ('2020-01-01T14:00:00.000000Z').
+
+    A time without an offset is taken as UTC. Normalising makes the column sort and compare
+    as time; the text Vonage sent stays in the raw callback.
+    """
+
+    default_error_messages = {"invalid": "Not a valid ISO 8601 date-time."}
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, str) or len(value) > 64:
+            raise self.make_error("invalid")
+        text = value.strip()
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            raise self.make_error("invalid") from None
+        if "T" not in text.upper() and " " not in text:
+            raise self.make_error("invalid")
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+        try:
+            moment = moment.astimezone(timezone.utc)
+        except (OverflowError, ValueError):
+            raise self.make_error("invalid") from None
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Price(fields.String):
+    """A charge as Vonage sends it: a decimal string such as "0.0333", kept exactly."""
+
+    default_error_messages = {
+        "invalid_price": "Must be a decimal string such as \"0.0333\" "
+        "(non-negative, at most 9 digits before and 9 after the point)."
+    }
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if not money.is_price(text):
+            raise self.make_error("invalid_price")
+        return text
+
+
+class Channel(fields.String):
+    """A channel name; the spec's misspelling is accepted and stored normalised."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = super()._deserialize(value, attr, data, **kwargs)
+        return CHANNEL_ALIASES.get(text, text)
+
+
+class Base(Schema):
+    """Every callback schema keeps unknown fields instead of rejecting them."""
+
+    class Meta:
+        unknown = INCLUDE
+
+
+class Endpoint(Base):
+    """The ``to`` / ``from`` object of a message status."""
+
+    type = fields.String(required=True, validate=validate.OneOf(CHANNELS))
+    id = fields.String(validate=validate.Length(min=1, max=50))
+    number = fields.String(validate=validate.Length(min=1, max=50))
+
+
+class Error(Base):
+    code = fields.Integer(strict=True, validate=ERROR_CODE_RANGE)
+    reason = fields.String(validate=validate.Length(max=1000))
+
+
+class Usage(Base):
+    currency = fields.String(validate=validate.Regexp(CURRENCY_PATTERN, error="Must be an ISO 4217 code such as EUR."))
+    price = Price()
+
+
+class DispatchLink(Base):
+    dispatch_uuid = fields.String(required=True, validate=UUID_LENGTH)
+    href = fields.String(validate=validate.Length(max=2000))
+
+
+class StatusLinks(Base):
+    """The spec names the parent link ``workflow``; real payloads name it ``dispatch``."""
+
+    workflow = fields.Nested(DispatchLink)
+    dispatch = fields.Nested(DispatchLink)
+
+    @validates_schema
+    def links_agree(self, data, **kwargs):
+        workflow, dispatch = data.get("workflow"), data.get("dispatch")
+        if workflow and dispatch and workflow["dispatch_uuid"] != dispatch["dispatch_uuid"]:
+            raise ValidationError(
+                "_links.workflow and _links.dispatch name different dispatch_uuids.", "dispatch"
+            )
+
+
+class MessageStatus(Base):
+    """The Message Status callback: one per status change of one message of a workflow."""
+
+    message_uuid = fields.String(required=True, validate=UUID_LENGTH)
+    to = fields.Nested(Endpoint)
+    from_ = fields.Nested(Endpoint, data_key="from")
+    timestamp = Timestamp(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(STATUSES))
+    error = fields.Nested(Error)
+    usage = fields.Nested(Usage)
+    _links = fields.Nested(StatusLinks, data_key="_links")
+
+
+class ReportMessage(Base):
+    """One item of a Final Report's ``_links.messages``: a message of the workflow, in order."""
+
+    message_uuid = fields.String(required=True, validate=UUID_LENGTH)
+    href = fields.String(validate=validate.Length(max=2000))
+    channel = Channel(validate=validate.OneOf(CHANNELS))
+    usage = fields.Nested(Usage)
+    status = fields.String(validate=validate.OneOf(STATUSES))
+
+
+class ReportLinks(Base):
+    messages = fields.List(fields.Nested(ReportMessage), validate=validate.Length(max=100))
+
+
+class FinalReport(Base):
+    """The Final Report callback: one per workflow, when its condition was met or it ended."""
+
+    dispatch_uuid = fields.String(required=True, validate=UUID_LENGTH)
+    template = fields.String(validate=validate.OneOf(TEMPLATES))
+    status = fields.String(required=True, validate=validate.OneOf(FINAL_STATUSES))
+    timestamp = Timestamp(required=True)
+    usage = fields.Nested(Usage)
+    _links = fields.Nested(ReportLinks, data_key="_links")
+
+
+MESSAGE_STATUS = "message_status"
+FINAL_REPORT = "final_report"
+KINDS = (MESSAGE_STATUS, FINAL_REPORT)
+
+# Built once: a schema built per request costs five times as much as one reused.
+SCHEMAS = {MESSAGE_STATUS: MessageStatus(), FINAL_REPORT: FinalReport()}
