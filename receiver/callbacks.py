@@ -12,6 +12,13 @@ from marshmallow import ValidationError
 
 from .schemas import FINAL_REPORT, KINDS, MESSAGE_STATUS, SCHEMAS
 
+# Each webhook path and the kind it expects when a body's shape does not decide.
+ENDPOINT_KINDS = {
+    "/webhooks/message-status": MESSAGE_STATUS,
+    "/webhooks/final-report": FINAL_REPORT,
+    "/webhooks/vonage": None,
+}
+
 HTTP_STATUS_TEXT = {
     400: "Bad Request",
     401: "Unauthorized",

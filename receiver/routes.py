@@ -6,8 +6,7 @@ import os
 from flask import Blueprint, current_app, jsonify, request
 
 from . import store
-from .callbacks import Rejection, parse
-from .schemas import FINAL_REPORT, MESSAGE_STATUS
+from .callbacks import ENDPOINT_KINDS, Rejection, parse
 from .writer import StorageError
 
 log = logging.getLogger("receiver")
@@ -66,7 +65,7 @@ def _reject(rejection, delivery, **extra):
     return response
 
 
-def receive(default_kind):
+def receive():
     """Read, validate and durably store one callback; answer 200 only once it is on disk."""
     settings = current_app.config["RECEIVER_SETTINGS"]
     body, too_large, announced = _read_body(settings.max_body_bytes)
@@ -80,7 +79,7 @@ def receive(default_kind):
         )
         return _reject(rejection, delivery, truncated=True, body_bytes=announced or len(body))
     try:
-        callback = parse(body, default_kind)
+        callback = parse(body, ENDPOINT_KINDS[request.path])
     except Rejection as rejection:
         return _reject(rejection, delivery)
     writer = current_app.extensions["receiver.writer"]
@@ -96,22 +95,10 @@ def receive(default_kind):
     )
 
 
-@bp.post("/webhooks/message-status")
-def message_status():
-    """The seed's Message Status URL; a final report posted here is stored as one."""
-    return receive(MESSAGE_STATUS)
-
-
-@bp.post("/webhooks/final-report")
-def final_report():
-    """The seed's Final Report URL; a message status posted here is stored as one."""
-    return receive(FINAL_REPORT)
-
-
-@bp.post("/webhooks/vonage")
-def any_callback():
-    """One Status URL for every callback: the kind is told by the body's shape."""
-    return receive(None)
+# /webhooks/message-status and /webhooks/final-report are the seed's URLs; each stores the
+# other kind too when the body's shape says so. /webhooks/vonage takes either.
+for _path in ENDPOINT_KINDS:
+    bp.add_url_rule(_path, endpoint=_path.rsplit("/", 1)[1], view_func=receive, methods=["POST"])
 
 
 @bp.get("/healthz")
