@@ -48,6 +48,7 @@ def on_starting(server):
     """Create or migrate the schema in the master, before any worker can write."""
     from receiver import db
     from receiver.config import describe, load_settings
+    from receiver.signatures import Verifier
 
     settings = load_settings()
     db.init_db(settings.db_path, synchronous=settings.synchronous,
@@ -56,6 +57,8 @@ def on_starting(server):
     log.info("dispatch-receiver: database %s ready", os.path.abspath(settings.db_path))
     for line in describe(settings):
         log.info("setting %s", line)
+    verifier = Verifier(settings)
+    (log.info if verifier.enabled else log.warning)("dispatch-receiver: %s", verifier.describe())
     if settings.synchronous != "FULL":
         log.warning("RECEIVER_SYNCHRONOUS=%s: acknowledged callbacks may be lost on power "
                     "failure", settings.synchronous)

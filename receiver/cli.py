@@ -9,6 +9,7 @@ import click
 from . import __version__, db, store
 from .callbacks import ENDPOINT_KINDS, Rejection, parse
 from .config import describe, load_settings
+from .signatures import Verifier
 
 log = logging.getLogger("receiver")
 
@@ -69,6 +70,7 @@ def reprocess_command(database, ids, reason, dry_run, batch_size):
     Example: receiver reprocess --reason schema_error --dry-run
     """
     settings = _settings(database)
+    verifier = Verifier(settings)
     conn = db.connect_settings(settings)
     where, params = ["reprocessed_at IS NULL"], []
     if ids:
@@ -84,7 +86,8 @@ def reprocess_command(database, ids, reason, dry_run, batch_size):
     with click.progressbar(length=total, label="Reprocessing", file=sys.stderr) as bar:
         while True:
             batch = conn.execute(
-                f"SELECT id, endpoint, body, received_at, remote_addr, user_agent, content_type "
+                f"SELECT id, endpoint, body, received_at, remote_addr, user_agent, content_type, "
+                f"authorization "
                 f"FROM rejected_callbacks WHERE {condition} AND id > ? ORDER BY id LIMIT ?",
                 [*params, last_id, batch_size],
             ).fetchall()
@@ -94,7 +97,7 @@ def reprocess_command(database, ids, reason, dry_run, batch_size):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 for row in batch:
-                    counts[_reprocess_one(conn, row)] += 1
+                    counts[_reprocess_one(conn, verifier, row)] += 1
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
@@ -108,12 +111,16 @@ def reprocess_command(database, ids, reason, dry_run, batch_size):
     )
 
 
-def _reprocess_one(conn, row):
-    """Parse one rejected body again; store it if it passes. Returns the outcome's name."""
-    rejected_id, endpoint, body, received_at, remote_addr, user_agent, content_type = row
+def _reprocess_one(conn, verifier, row):
+    """Check and parse one rejected body again; store it if it passes. Returns the outcome.
+
+    A signature is checked as of the callback's original arrival, with today's secrets.
+    """
+    rejected_id, endpoint, body, received_at, remote_addr, user_agent, content_type, auth = row
     raw = body.encode("utf-8") if isinstance(body, str) else (body or b"")
-    delivery = store.Delivery(raw, endpoint, received_at, remote_addr, user_agent, content_type)
+    delivery = store.Delivery(raw, endpoint, received_at, remote_addr, user_agent, content_type, auth)
     try:
+        signature = verifier.check(auth, raw, delivery.received_epoch)
         callback = parse(raw, ENDPOINT_KINDS.get(endpoint))
     except Rejection as rejection:
         conn.execute(
@@ -121,7 +128,7 @@ def _reprocess_one(conn, row):
             (json.dumps({"at": store.utcnow(), **rejection.as_json()}), rejected_id),
         )
         return "still_rejected"
-    stored = store.store_callback(conn, callback, delivery)
+    stored = store.store_callback(conn, callback, delivery, signature)
     conn.execute(
         "UPDATE rejected_callbacks SET reprocessed_at = ?, reprocess_result = ?, callback_id = ? "
         "WHERE id = ?",

@@ -25,6 +25,12 @@ class Settings:
     # Number of proxies in front of the receiver whose X-Forwarded-For to trust (0: none).
     proxy_hops: int = 0
     log_level: str = "INFO"
+    # Vonage signature secrets; with none set, callbacks are accepted unsigned (logged at start).
+    signature_secret: str = ""
+    signature_secrets: str = ""
+    # A token's iat may be this old (Vonage retries for 24 h) or this far in the future.
+    signature_max_age_s: int = 25 * 3600
+    signature_max_skew_s: int = 300
 
 
 # Setting name -> (environment variable, parser)
@@ -39,7 +45,13 @@ ENVIRONMENT = {
     "max_batch": ("RECEIVER_MAX_BATCH", int),
     "proxy_hops": ("RECEIVER_PROXY_HOPS", int),
     "log_level": ("RECEIVER_LOG_LEVEL", str.upper),
+    "signature_secret": ("VONAGE_SIGNATURE_SECRET", str),
+    "signature_secrets": ("VONAGE_SIGNATURE_SECRETS", str),
+    "signature_max_age_s": ("VONAGE_SIGNATURE_MAX_AGE_S", int),
+    "signature_max_skew_s": ("VONAGE_SIGNATURE_MAX_SKEW_S", int),
 }
+
+SECRET_SETTINGS = ("signature_secret", "signature_secrets")
 
 SYNCHRONOUS_MODES = ("FULL", "NORMAL", "EXTRA")
 
@@ -70,4 +82,11 @@ def load_settings(environ=None, **overrides):
 def describe(settings):
     """One line per setting, for the start-up log and ``receiver config``."""
     names = {f.name for f in fields(settings)}
-    return [f"{ENVIRONMENT[n][0]}={getattr(settings, n)}" for n in ENVIRONMENT if n in names]
+    lines = []
+    for name in ENVIRONMENT:
+        if name in names:
+            value = getattr(settings, name)
+            if name in SECRET_SETTINGS and value:
+                value = "(set, hidden)"
+            lines.append(f"{ENVIRONMENT[name][0]}={value}")
+    return lines

@@ -22,7 +22,12 @@ CREATE TABLE IF NOT EXISTS callbacks (
     remote_addr TEXT,
     user_agent TEXT,
     content_type TEXT,
-    signature_status TEXT NOT NULL DEFAULT 'not_checked'
+    signature_status TEXT NOT NULL DEFAULT 'unsigned',
+    api_key TEXT,
+    application_id TEXT,
+    jti TEXT,
+    iat INTEGER,
+    clock_skew_s REAL
 );
 CREATE INDEX IF NOT EXISTS callbacks_received_at ON callbacks (received_at);
 
@@ -141,6 +146,7 @@ CREATE TABLE IF NOT EXISTS rejected_callbacks (
     remote_addr TEXT,
     user_agent TEXT,
     content_type TEXT,
+    authorization TEXT,
     body BLOB,
     body_bytes INTEGER NOT NULL,
     body_truncated INTEGER NOT NULL DEFAULT 0,

@@ -34,6 +34,7 @@ def _delivery(body):
         remote_addr=request.remote_addr,
         user_agent=request.headers.get("User-Agent"),
         content_type=request.headers.get("Content-Type"),
+        authorization=request.headers.get("Authorization"),
     )
 
 
@@ -78,13 +79,17 @@ def receive():
             {"_body": [f"Body is {size}; the limit is {settings.max_body_bytes} bytes."]},
         )
         return _reject(rejection, delivery, truncated=True, body_bytes=announced or len(body))
+    verifier = current_app.extensions["receiver.verifier"]
     try:
+        signature = verifier.check(delivery.authorization, body, delivery.received_epoch)
         callback = parse(body, ENDPOINT_KINDS[request.path])
     except Rejection as rejection:
         return _reject(rejection, delivery)
     writer = current_app.extensions["receiver.writer"]
     try:
-        stored = writer.submit(lambda conn: store.store_callback(conn, callback, delivery))
+        stored = writer.submit(
+            lambda conn: store.store_callback(conn, callback, delivery, signature)
+        )
     except StorageError as error:
         return _unavailable(error)
     return jsonify(

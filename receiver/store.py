@@ -14,6 +14,7 @@ from functools import lru_cache
 
 from . import money, rows
 from .schemas import FINAL_REPORT, MESSAGE_STATUS
+from .signatures import UNSIGNED
 
 
 def utcnow():
@@ -31,6 +32,13 @@ class Delivery:
     remote_addr: str | None = None
     user_agent: str | None = None
     content_type: str | None = None
+    authorization: str | None = None
+
+    @property
+    def received_epoch(self):
+        """``received_at`` as Unix seconds."""
+        return datetime.strptime(self.received_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+            tzinfo=timezone.utc).timestamp()
 
     @property
     def sha256(self):
@@ -74,13 +82,17 @@ def _insert(conn, table, row):
     return conn.execute(_insert_sql(table, tuple(row)), row).lastrowid
 
 
-def store_callback(conn, callback, delivery):
-    """Store a validated callback once; a repeated delivery of the same bytes is counted."""
+def store_callback(conn, callback, delivery, signature=UNSIGNED):
+    """Store a validated callback once; a repeated delivery of the same bytes is counted.
+
+    The signature recorded is the first delivery's.
+    """
     callback_id, delivery_count = conn.execute(
         """
         INSERT INTO callbacks (kind, sha256, body, endpoint, received_at, last_received_at,
-                               remote_addr, user_agent, content_type)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                               remote_addr, user_agent, content_type, signature_status,
+                               api_key, application_id, jti, iat, clock_skew_s)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
         ON CONFLICT (sha256) DO UPDATE SET
             delivery_count = delivery_count + 1,
             last_received_at = max(last_received_at, excluded.last_received_at)
@@ -89,7 +101,8 @@ def store_callback(conn, callback, delivery):
         (
             callback.kind, delivery.sha256, delivery.body.decode("utf-8"), delivery.endpoint,
             delivery.received_at, delivery.received_at, delivery.remote_addr,
-            delivery.user_agent, delivery.content_type,
+            delivery.user_agent, delivery.content_type, signature.status, signature.api_key,
+            signature.application_id, signature.jti, signature.iat, signature.clock_skew_s,
         ),
     ).fetchone()
     if delivery_count == 1:
@@ -234,6 +247,7 @@ def store_rejection(conn, rejection, delivery, *, truncated=False, body_bytes=No
         "remote_addr": delivery.remote_addr,
         "user_agent": delivery.user_agent,
         "content_type": delivery.content_type,
+        "authorization": delivery.authorization,
         "body": body,
         "body_bytes": len(delivery.body) if body_bytes is None else body_bytes,
         "body_truncated": int(truncated),
