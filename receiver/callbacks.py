@@ -19,6 +19,9 @@ ENDPOINT_KINDS = {
     "/webhooks/vonage": None,
 }
 
+# Real callbacks nest four levels deep; anything past this is not a callback.
+MAX_DEPTH = 32
+
 HTTP_STATUS_TEXT = {
     400: "Bad Request",
     401: "Unauthorized",
@@ -88,10 +91,28 @@ def decode(body):
     except ValueError as error:
         raise Rejection(400, "invalid_json", "The request body is not valid JSON.",
                         {"_body": [str(error)]}) from None
+    if _depth_exceeds(payload, MAX_DEPTH):
+        raise Rejection(400, "too_deep", f"The JSON is nested more than {MAX_DEPTH} levels deep.",
+                        {"_body": [f"JSON nesting deeper than {MAX_DEPTH} levels."]})
     if not isinstance(payload, dict):
         raise Rejection(422, "schema_error", "A callback must be a JSON object.",
                         {"_schema": [f"Expected a JSON object, got {type(payload).__name__}."]})
     return payload
+
+
+def _depth_exceeds(value, limit):
+    """True when containers in ``value`` nest more than ``limit`` deep (iterative, no recursion)."""
+    level = [value]
+    for _ in range(limit):
+        level = [
+            child
+            for item in level
+            for child in (item.values() if isinstance(item, dict) else item if isinstance(item, list) else ())
+            if isinstance(child, (dict, list))
+        ]
+        if not level:
+            return False
+    return True
 
 
 def parse(body, default_kind=None):

@@ -6,6 +6,7 @@ import os
 from flask import Blueprint, current_app, jsonify, request
 
 from . import store
+from .openapi import document as openapi_document
 from .callbacks import ENDPOINT_KINDS, Rejection, parse
 from .writer import StorageError
 
@@ -104,6 +105,12 @@ def receive():
 # other kind too when the body's shape says so. /webhooks/vonage takes either.
 for _path in ENDPOINT_KINDS:
     bp.add_url_rule(_path, endpoint=_path.rsplit("/", 1)[1], view_func=receive, methods=["POST"])
+
+
+@bp.get("/openapi.json")
+def openapi():
+    """The OpenAPI 3.1 document of these endpoints."""
+    return jsonify(openapi_document())
 
 
 @bp.get("/healthz")

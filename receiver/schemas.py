@@ -5,7 +5,7 @@ byte-exact beside the validated fields.
 """
 
 import re
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
@@ -27,31 +27,53 @@ ERROR_CODE_RANGE = validate.Range(min=0, max=2**31 - 1)
 CURRENCY_PATTERN = re.compile(r"^[A-Z]{3}$")
 
 
+ISO_DATETIME = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d{1,12}))?"
+    r"(?:([Zz])|([+-])(\d{2}):?(\d{2}))?$",
+    re.ASCII,
+)
+
+
+def parse_timestamp(text):
+    """ISO 8601 / RFC 3339 date-time text -> aware UTC datetime, or None if it is not one.
+
+    A time without an offset is taken as UTC; a leap second (:60) is kept as :59.999999.
+    """
+    match = ISO_DATETIME.match(text)
+    if match is None:
+        return None
+    year, month, day, hour, minute, second, fraction, _z, sign, off_h, off_m = match.groups()
+    micro = int((fraction or "0")[:6].ljust(6, "0"))
+    second = int(second)
+    if second == 60:
+        second, micro = 59, 999_999
+    try:
+        offset = timedelta(0)
+        if sign:
+            offset = timedelta(hours=int(off_h), minutes=int(off_m))
+            if offset >= timedelta(hours=24):
+                return None
+            offset = -offset if sign == "-" else offset
+        moment = datetime(int(year), int(month), int(day), int(hour), int(minute), second, micro,
+                          tzinfo=timezone(offset))
+        return moment.astimezone(timezone.utc)
+    except (ValueError, OverflowError):
+        return None
+
+
 class Timestamp(fields.Field):
     """An ISO 8601 date-time, loaded as normalised UTC text ('2020-01-01T14:00:00.000000Z').
 
-    A time without an offset is taken as UTC. Normalising makes the column sort and compare
-    as time; the text Vonage sent stays in the raw callback.
+    Normalising makes the column sort and compare as time; the text Vonage sent stays in the
+    raw callback.
     """
 
     default_error_messages = {"invalid": "Not a valid ISO 8601 date-time."}
 
     def _deserialize(self, value, attr, data, **kwargs):
-        if not isinstance(value, str) or len(value) > 64:
+        moment = parse_timestamp(value) if isinstance(value, str) and len(value) <= 64 else None
+        if moment is None:
             raise self.make_error("invalid")
-        text = value.strip()
-        try:
-            moment = datetime.fromisoformat(text)
-        except ValueError:
-            raise self.make_error("invalid") from None
-        if "T" not in text.upper() and " " not in text:
-            raise self.make_error("invalid")
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=timezone.utc)
-        try:
-            moment = moment.astimezone(timezone.utc)
-        except (OverflowError, ValueError):
-            raise self.make_error("invalid") from None
         return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -154,7 +176,7 @@ class FinalReport(Base):
     """The Final Report callback: one per workflow, when its condition was met or it ended."""
 
     dispatch_uuid = fields.String(required=True, validate=UUID_LENGTH)
-    template = fields.String(validate=validate.OneOf(TEMPLATES))
+    template = fields.String(required=True, validate=validate.OneOf(TEMPLATES))
     status = fields.String(required=True, validate=validate.OneOf(FINAL_STATUSES))
     timestamp = Timestamp(required=True)
     usage = fields.Nested(Usage)
