@@ -100,6 +100,7 @@ CREATE TABLE IF NOT EXISTS messages (
     workflow_position INTEGER,
     status TEXT,
     status_rank INTEGER,
+    status_at TEXT,
     first_seen_at TEXT,
     last_seen_at TEXT,
     submitted_at TEXT,
@@ -112,9 +113,11 @@ CREATE TABLE IF NOT EXISTS messages (
     price TEXT,
     price_nano INTEGER,
     currency TEXT,
+    price_source TEXT,
     event_count INTEGER NOT NULL DEFAULT 0,
     final_report_status TEXT,
-    final_report_price TEXT
+    final_report_price TEXT,
+    final_report_at TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_dispatch ON messages (dispatch_uuid, workflow_position);
 CREATE INDEX IF NOT EXISTS messages_status ON messages (status, last_seen_at);

@@ -63,3 +63,62 @@ def final_report_rows(data):
             "currency": item_usage.get("currency"),
         })
     return report, messages
+
+
+def _observation(**values):
+    row = dict.fromkeys(MESSAGE_FIELDS)
+    row.update(values)
+    return row
+
+
+MESSAGE_FIELDS = (
+    "message_uuid", "dispatch_uuid", "channel", "workflow_position", "status", "status_rank",
+    "status_at", "first_seen_at", "last_seen_at", "submitted_at", "delivered_at", "read_at",
+    "rejected_at", "undeliverable_at", "error_code", "error_reason", "price", "price_nano",
+    "currency", "price_source", "event_count", "final_report_status", "final_report_price",
+    "final_report_at",
+)
+
+
+def message_from_status(event):
+    """A ``status_events`` row -> the observation it makes of its ``messages`` row."""
+    priced = event["price_nano"] is not None
+    return _observation(
+        message_uuid=event["message_uuid"],
+        dispatch_uuid=event["dispatch_uuid"],
+        channel=event["channel"],
+        status=event["status"],
+        status_rank=event["status_rank"],
+        status_at=event["timestamp"],
+        first_seen_at=event["timestamp"],
+        last_seen_at=event["timestamp"],
+        **{f"{event['status']}_at": event["timestamp"]},
+        error_code=event["error_code"],
+        error_reason=event["error_reason"],
+        price=event["price"] if priced else None,
+        price_nano=event["price_nano"],
+        currency=event["currency"] if priced else None,
+        price_source="status" if priced else None,
+        event_count=1,
+    )
+
+
+def message_from_report_item(item, report):
+    """A ``final_report_messages`` row (and its report) -> its observation of the message."""
+    priced = item["price_nano"] is not None
+    return _observation(
+        message_uuid=item["message_uuid"],
+        dispatch_uuid=item["dispatch_uuid"],
+        channel=item["channel"],
+        workflow_position=item["position"],
+        status=item["status"],
+        status_rank=item["status_rank"],
+        price=item["price"] if priced else None,
+        price_nano=item["price_nano"],
+        currency=item["currency"] if priced else None,
+        price_source="final_report" if priced else None,
+        event_count=0,
+        final_report_status=item["status"],
+        final_report_price=item["price"],
+        final_report_at=report["timestamp"],
+    )

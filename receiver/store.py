@@ -119,7 +119,7 @@ def _store_status(conn, data, callback_id, received_at):
     row = rows.status_event_row(data)
     row.update(callback_id=callback_id, received_at=received_at)
     _insert(conn, "status_events", row)
-    dispatch_uuid = refresh_message(conn, row["message_uuid"])
+    dispatch_uuid = _merge_message(conn, rows.message_from_status(row))
     if dispatch_uuid is not None:
         refresh_dispatch(conn, dispatch_uuid)
 
@@ -131,97 +131,100 @@ def _store_final_report(conn, data, callback_id, received_at):
     for message in messages:
         message["final_report_id"] = report_id
         _insert(conn, "final_report_messages", message)
-    for message_uuid in dict.fromkeys(m["message_uuid"] for m in messages):
-        refresh_message(conn, message_uuid)
+        _merge_message(conn, rows.message_from_report_item(message, report))
     refresh_dispatch(conn, report["dispatch_uuid"])
 
 
-# The latest final report's entry for a message, events ordered by rank, then time.
-REFRESH_MESSAGE = f"""
-INSERT OR REPLACE INTO messages (
-    message_uuid, dispatch_uuid, channel, workflow_position, status, status_rank,
-    first_seen_at, last_seen_at, submitted_at, delivered_at, read_at, rejected_at,
-    undeliverable_at, error_code, error_reason, price, price_nano, currency, event_count,
-    final_report_status, final_report_price)
-WITH ev AS (SELECT * FROM status_events WHERE message_uuid = :m),
-report AS (
-    SELECT frm.* FROM final_report_messages frm
-    JOIN final_reports r ON r.id = frm.final_report_id
-    WHERE frm.message_uuid = :m ORDER BY r.timestamp DESC, r.id DESC LIMIT 1),
-top AS (SELECT * FROM ev ORDER BY status_rank DESC, timestamp DESC, id DESC LIMIT 1),
-priced AS (
-    SELECT * FROM ev WHERE price_nano IS NOT NULL
-    ORDER BY status_rank DESC, timestamp DESC, id DESC LIMIT 1),
-failed AS (
-    SELECT * FROM ev WHERE error_code IS NOT NULL OR error_reason IS NOT NULL
-    ORDER BY status_rank DESC, timestamp DESC, id DESC LIMIT 1),
-best AS (
-    SELECT status, status_rank FROM top
-    UNION ALL SELECT status, status_rank FROM report WHERE status_rank IS NOT NULL
-    ORDER BY status_rank DESC LIMIT 1),
-charge AS (
-    SELECT price, price_nano, currency, 1 AS source FROM priced
-    UNION ALL SELECT price, price_nano, currency, 2 FROM report WHERE price_nano IS NOT NULL
-    ORDER BY source LIMIT 1)
-SELECT :m,
-    COALESCE((SELECT min(dispatch_uuid) FROM ev), (SELECT dispatch_uuid FROM report)),
-    COALESCE((SELECT channel FROM report), (SELECT min(channel) FROM ev)),
-    (SELECT position FROM report),
-    (SELECT status FROM best),
-    (SELECT status_rank FROM best),
-    (SELECT min(timestamp) FROM ev),
-    (SELECT max(timestamp) FROM ev),
-    (SELECT min(timestamp) FROM ev WHERE status = 'submitted'),
-    (SELECT min(timestamp) FROM ev WHERE status = 'delivered'),
-    (SELECT min(timestamp) FROM ev WHERE status = 'read'),
-    (SELECT min(timestamp) FROM ev WHERE status = 'rejected'),
-    (SELECT min(timestamp) FROM ev WHERE status = 'undeliverable'),
-    (SELECT error_code FROM failed),
-    (SELECT error_reason FROM failed),
-    (SELECT price FROM charge),
-    (SELECT price_nano FROM charge),
-    (SELECT currency FROM charge),
-    (SELECT count(*) FROM ev),
-    (SELECT status FROM report),
-    (SELECT price FROM report)
-RETURNING dispatch_uuid
-"""
+def _first(column):
+    return f"coalesce(min({column}, excluded.{column}), {column}, excluded.{column})"
 
+
+def _last(column):
+    return f"coalesce(max({column}, excluded.{column}), {column}, excluded.{column})"
+
+
+def _when(condition, columns):
+    return [f"{c} = CASE WHEN {condition} THEN excluded.{c} ELSE {c} END" for c in columns]
+
+
+# Each observation of a message (a status event, or its entry in a final report) is merged
+# into its row with rules that give the same row whatever order observations arrive in:
+# - status: the highest rank wins, on a tie the earliest time (a final report's entry has no
+#   time of its own and loses ties); its time and error travel with it;
+# - price: a status callback's price wins over a final report's, then the higher amount;
+# - final_report_*: the latest final report's entry;
+# - times: earliest first, latest last; dispatch_uuid and channel: the smallest seen.
+STATUS_WINS = (
+    "(excluded.status_rank > coalesce(status_rank, 0) OR (excluded.status_rank = status_rank"
+    " AND coalesce(excluded.status_at, '~') < coalesce(status_at, '~')))"
+)
+PRICE_WINS = (
+    "(excluded.price_nano IS NOT NULL AND (price_nano IS NULL"
+    " OR excluded.price_source > price_source"  # 'status' > 'final_report'
+    " OR (excluded.price_source = price_source AND excluded.price_nano > price_nano)))"
+)
+REPORT_WINS = "(excluded.final_report_at > coalesce(final_report_at, ''))"
+STATUS_TIMES = ("submitted_at", "delivered_at", "read_at", "rejected_at", "undeliverable_at")
+MESSAGE_COLUMNS = (
+    "message_uuid", "dispatch_uuid", "channel", "workflow_position", "status", "status_rank",
+    "status_at", "first_seen_at", "last_seen_at", *STATUS_TIMES, "error_code", "error_reason",
+    "price", "price_nano", "currency", "price_source", "event_count", "final_report_status",
+    "final_report_price", "final_report_at",
+)
+MERGE_MESSAGE = (
+    f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)}) "
+    f"VALUES ({', '.join(':' + c for c in MESSAGE_COLUMNS)}) "
+    "ON CONFLICT (message_uuid) DO UPDATE SET "
+    + ", ".join([
+        f"dispatch_uuid = {_first('dispatch_uuid')}",
+        f"channel = {_first('channel')}",
+        f"first_seen_at = {_first('first_seen_at')}",
+        f"last_seen_at = {_last('last_seen_at')}",
+        *(f"{c} = {_first(c)}" for c in STATUS_TIMES),
+        "event_count = event_count + excluded.event_count",
+        *_when(REPORT_WINS, ("workflow_position", "final_report_status", "final_report_price",
+                             "final_report_at")),
+        *_when(STATUS_WINS, ("status", "status_rank", "status_at", "error_code", "error_reason")),
+        *_when(PRICE_WINS, ("price", "price_nano", "currency", "price_source")),
+    ])
+    + " RETURNING dispatch_uuid"
+)
+
+
+def _merge_message(conn, observation):
+    """Merge one observation into its ``messages`` row; return the message's dispatch."""
+    return conn.execute(MERGE_MESSAGE, observation).fetchone()[0]
+
+
+# A dispatch's row, recomputed from its (few) messages rows and final reports.
 REFRESH_DISPATCH = f"""
 INSERT OR REPLACE INTO dispatches (
     dispatch_uuid, first_seen_at, last_seen_at, final_status, final_timestamp, final_price,
     final_price_nano, final_currency, final_report_count, message_count, channels,
     delivered_channel, messages_price, messages_price_nano, messages_currency)
-WITH m AS (SELECT * FROM messages WHERE dispatch_uuid = :d),
-ordered AS (
-    SELECT * FROM m
+WITH m AS MATERIALIZED (
+    SELECT channel, status_rank, first_seen_at, last_seen_at, price_nano, currency,
+           coalesce(delivered_at, read_at) AS reached_at, workflow_position
+    FROM messages WHERE dispatch_uuid = :d
     ORDER BY workflow_position IS NULL, workflow_position, first_seen_at, message_uuid),
-reports AS (SELECT * FROM final_reports WHERE dispatch_uuid = :d),
-latest AS (SELECT * FROM reports ORDER BY timestamp DESC, id DESC LIMIT 1),
-seen AS (
-    SELECT first_seen_at AS first, last_seen_at AS last FROM m
-    UNION ALL SELECT timestamp, timestamp FROM reports)
+latest AS (
+    SELECT status, timestamp, price, price_nano, currency, count(*) OVER () AS reports
+    FROM final_reports WHERE dispatch_uuid = :d ORDER BY timestamp DESC, id DESC LIMIT 1),
+totals AS (
+    SELECT min(first_seen_at) AS first, max(last_seen_at) AS last, count(*) AS n,
+           group_concat(channel, ',') AS channels, sum(price_nano) AS price_nano,
+           group_concat(DISTINCT currency) AS currencies
+    FROM m)
 SELECT :d,
-    (SELECT min(first) FROM seen),
-    (SELECT max(last) FROM seen),
-    (SELECT status FROM latest),
-    (SELECT timestamp FROM latest),
-    (SELECT price FROM latest),
-    (SELECT price_nano FROM latest),
-    (SELECT currency FROM latest),
-    (SELECT count(*) FROM reports),
-    (SELECT count(*) FROM m),
-    (SELECT group_concat(channel, ',') FROM ordered),
-    (SELECT channel FROM ordered WHERE status IN ('delivered', 'read') LIMIT 1),
-    (SELECT {money.sql_format('sum(price_nano)')} FROM m),
-    (SELECT sum(price_nano) FROM m),
-    (SELECT group_concat(DISTINCT currency) FROM m)
+    coalesce(min(totals.first, latest.timestamp), totals.first, latest.timestamp),
+    coalesce(max(totals.last, latest.timestamp), totals.last, latest.timestamp),
+    latest.status, latest.timestamp, latest.price, latest.price_nano, latest.currency,
+    coalesce(latest.reports, 0), totals.n, totals.channels,
+    (SELECT channel FROM m WHERE status_rank IN (2, 3)
+     ORDER BY reached_at IS NULL, reached_at, workflow_position LIMIT 1),
+    {money.sql_format('totals.price_nano')}, totals.price_nano, totals.currencies
+FROM totals LEFT JOIN latest
 """
-
-
-def refresh_message(conn, message_uuid):
-    """Recompute the ``messages`` row of one message from its events; return its dispatch."""
-    return conn.execute(REFRESH_MESSAGE, {"m": message_uuid}).fetchone()[0]
 
 
 def refresh_dispatch(conn, dispatch_uuid):
