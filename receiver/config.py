@@ -13,6 +13,10 @@ class Settings:
     db_path: str = "var/events.db"
     port: int = 8000
     datasette_port: int = 8001
+    # Datasette listens on this address only when a password is set; else on 127.0.0.1.
+    datasette_host: str = "127.0.0.1"
+    # Made with `datasette hash-password`; when set, every Datasette page needs a login.
+    datasette_password_hash: str = ""
     max_body_bytes: int = 1 * MIB
     # FULL: every acknowledged callback is synced to disk before the 200. NORMAL trades the
     # last few commits on power loss (not on a process crash) for speed; off by default.
@@ -38,6 +42,8 @@ ENVIRONMENT = {
     "db_path": ("RECEIVER_DB", str),
     "port": ("PORT", int),
     "datasette_port": ("DATASETTE_PORT", int),
+    "datasette_host": ("DATASETTE_HOST", str),
+    "datasette_password_hash": ("DATASETTE_PASSWORD_HASH", str),
     "max_body_bytes": ("RECEIVER_MAX_BODY_BYTES", int),
     "synchronous": ("RECEIVER_SYNCHRONOUS", str.upper),
     "busy_timeout_ms": ("RECEIVER_BUSY_TIMEOUT_MS", int),
@@ -51,7 +57,7 @@ ENVIRONMENT = {
     "signature_max_skew_s": ("VONAGE_SIGNATURE_MAX_SKEW_S", int),
 }
 
-SECRET_SETTINGS = ("signature_secret", "signature_secrets")
+SECRET_SETTINGS = ("signature_secret", "signature_secrets", "datasette_password_hash")
 
 SYNCHRONOUS_MODES = ("FULL", "NORMAL", "EXTRA")
 

@@ -5,6 +5,8 @@ import sqlite3
 
 import sqlite_utils
 
+from . import views
+
 # Schema version kept in PRAGMA user_version; bump it with each migration below.
 SCHEMA_VERSION = 1
 
@@ -222,6 +224,7 @@ def init_db(path, **kwargs):
                 if statement.strip():
                     conn.execute(statement)
             _add_missing_columns(conn)
+            views.create_views(conn)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
