@@ -3,10 +3,12 @@
 import json
 import logging
 import sys
+from datetime import date
 
 import click
 
 from . import __version__, db, store
+from . import export as exports
 from .callbacks import ENDPOINT_KINDS, Rejection, parse
 from .config import describe, load_settings
 from .signatures import Verifier
@@ -135,6 +137,125 @@ def _reprocess_one(conn, verifier, row):
         (store.utcnow(), "duplicate" if stored.duplicate else "stored", stored.callback_id, rejected_id),
     )
     return "duplicate" if stored.duplicate else "stored"
+
+
+class Day(click.ParamType):
+    """A calendar date, YYYY-MM-DD."""
+
+    name = "DATE"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, date):
+            return value
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a date like 2026-11-01", param, ctx)
+
+
+def _progress(length, label):
+    """A progress bar on stderr (shown when stderr is a terminal)."""
+    return click.progressbar(length=length, label=label, file=sys.stderr)
+
+
+def _open_output(path):
+    # newline="" so the csv module's CRLF line ends are written as they are.
+    return open(path, "w", encoding="utf-8", newline="") if path else \
+        click.get_text_stream("stdout")
+
+
+@cli.group()
+def export():
+    """Export billing lines or raw callbacks for a period."""
+
+
+period_options = [
+    click.option("--from", "start", type=Day(), required=True, help="First day (YYYY-MM-DD), inclusive."),
+    click.option("--to", "end", type=Day(), required=True, help="Last day (YYYY-MM-DD), inclusive."),
+    click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
+                 help="File to write (default: standard output)."),
+]
+
+
+def _with_period(command):
+    for option in reversed(period_options):
+        command = option(command)
+    return command
+
+
+@export.command("billing")
+@database_option
+@_with_period
+@click.option("--by", type=click.Choice(["message", "dispatch", "day"]), default="message",
+              show_default=True, help="One row per charged message, per dispatch, or per day/channel/currency.")
+def export_billing(database, start, end, output, by):
+    """Billing CSV: what Vonage charged, by the time each message became chargeable.
+
+    SMS/MMS are charged when submitted, WhatsApp, Viber and Messenger when delivered.
+    Totals are exact decimals; the grand total per currency is printed on stderr.
+
+    Example: receiver export billing --from 2026-11-01 --to 2026-11-30 --by day -o nov.csv
+    """
+    settings = _settings(database)
+    conn = db.connect_settings(settings, readonly=True)
+    total = exports.count_billing_rows(conn, by, start, end)
+    with _open_output(output) as out, _progress(total, "Exporting billing") as bar:
+        totals = exports.write_billing_csv(conn, by, start, end, out, progress=bar)
+    summary = ", ".join(f"{amount} {currency}" for currency, amount in sorted(totals.items()))
+    click.echo(f"{total} rows; total {summary or '0'}", err=True)
+
+
+@export.command("events")
+@database_option
+@_with_period
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="jsonl",
+              show_default=True, help="CSV, or JSON Lines with each body as a JSON string.")
+def export_events(database, start, end, output, fmt):
+    """Every accepted callback received in the period, with its body exactly as received.
+
+    Example: receiver export events --from 2026-11-01 --to 2026-11-30 --format jsonl -o nov.jsonl
+    """
+    settings = _settings(database)
+    conn = db.connect_settings(settings, readonly=True)
+    total = exports.count_events(conn, start, end)
+    with _open_output(output) as out, _progress(total, "Exporting callbacks") as bar:
+        exports.write_events(exports.events(conn, start, end), out, fmt, progress=bar)
+    click.echo(f"{total} callbacks", err=True)
+
+
+@cli.command("simulate")
+@database_option
+@click.option("--dispatches", "count", default=1000, show_default=True, help="How many workflows.")
+@click.option("--url", help="Post to a running receiver (e.g. http://127.0.0.1:8000/webhooks/vonage) "
+              "instead of writing to the database.")
+@click.option("--secret", envvar="VONAGE_SIGNATURE_SECRET", help="Sign each callback like Vonage "
+              "(default: $VONAGE_SIGNATURE_SECRET).")
+@click.option("--seed", default=0, show_default=True, help="Random seed; the same seed gives the same traffic.")
+@click.option("--days", default=30, show_default=True, help="Spread the workflows over this many past days.")
+@click.option("--concurrency", default=8, show_default=True, help="Parallel requests with --url.")
+def simulate_command(database, count, url, secret, seed, days, concurrency):
+    """Generate realistic Dispatch traffic: failover workflows, their statuses and final reports.
+
+    With --url the callbacks are posted (signed when a secret is set); otherwise they are
+    validated and written through the receiver's own storage code.
+
+    Example: receiver simulate --dispatches 500 --url http://127.0.0.1:8000/webhooks/vonage
+    """
+    from . import simulate
+
+    workflows = simulate.generate(count, seed=seed, days=days)
+    if url:
+        outcome = simulate.post_all(workflows, url, secret=secret, concurrency=concurrency,
+                                    progress=_progress(count, "Posting"))
+    else:
+        settings = _settings(database)
+        db.init_db(settings.db_path, synchronous=settings.synchronous,
+                   busy_timeout_ms=settings.busy_timeout_ms)
+        conn = db.connect_settings(settings)
+        outcome = simulate.store_all(workflows, conn, progress=_progress(count, "Storing"))
+    click.echo(", ".join(f"{n} {what}" for what, n in sorted(outcome.items())), err=True)
+    if url and any(what != "200" for what in outcome):
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

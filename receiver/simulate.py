@@ -1,0 +1,257 @@
+"""Realistic Dispatch traffic: failover workflows as Vonage delivers their callbacks.
+
+Channels in failover order, statuses with Vonage-like timing, out-of-order arrivals,
+duplicate deliveries (retries), late first legs that arrive after the final report (so the
+report's total differs), error codes from Vonage's list, prices as decimal strings.
+"""
+
+import hashlib
+import json
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+# Failover plans: channels tried in order, and how often each plan is used.
+PLANS = (
+    (("whatsapp", "sms"), 45),
+    (("viber_service_msg", "sms"), 20),
+    (("whatsapp", "viber_service_msg", "sms"), 15),
+    (("messenger", "sms"), 10),
+    (("sms",), 10),
+)
+PRICES = {
+    "sms": ("0.0333", "0.0412", "0.0075", "0.0591"),
+    "mms": ("0.0910",),
+    "whatsapp": ("0.0147", "0.0020", "0.0360"),
+    "viber_service_msg": ("0.0120", "0.0098"),
+    "messenger": ("0.0010",),
+}
+ERRORS = (
+    (1300, "Not part of the provider network"),
+    (1330, "Delivery failed"),
+    (1360, "TTL was activated"),
+    (1020, "Invalid params"),
+    (1210, "Anti-Spam Rejection"),
+    (1120, "Illegal Sender Address"),
+    (1000, "Throttled"),
+    (1490, "SMS segment timeout"),
+)
+CHARGED_AT_SUBMIT = ("sms", "mms")
+EXPIRY_S = 600
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One callback as it will arrive: when, and the exact body bytes."""
+
+    at: datetime
+    body: bytes
+
+
+def _iso(moment):
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _endpoints(channel, rng):
+    number = f"44770090{rng.randrange(10**4):04d}"
+    if channel == "messenger":
+        return {"type": channel, "id": str(rng.randrange(10**15, 10**16))}, \
+               {"type": channel, "id": "5432109876543210"}
+    sender = {"type": channel, "id": "12345"} if channel == "viber_service_msg" else \
+        {"type": channel, "number": "447700900000"}
+    return {"type": channel, "number": number}, sender
+
+
+def workflow(rng, start):
+    """One dispatch's callbacks in arrival order, and its uuid."""
+    dispatch_uuid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+    plans, weights = zip(*PLANS)
+    channels = rng.choices(plans, weights)[0]
+    events = []  # (arrival time, body dict)
+    report_items = []
+    charged = Decimal(0)
+    clock = start
+    delivered = False
+    late_legs = []
+    for step, channel in enumerate(channels, start=1):
+        message_uuid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        to, sender = _endpoints(channel, rng)
+        price = rng.choice(PRICES[channel])
+        link = {"dispatch": {"dispatch_uuid": dispatch_uuid,
+                             "href": f"v0.1/dispatch/{dispatch_uuid}"}}
+        if rng.random() < 0.1:
+            link = {"workflow": {"dispatch_uuid": dispatch_uuid,
+                                 "href": f"/workflows/{dispatch_uuid}"}}
+
+        def status_body(status, at, usage=False, error=None):
+            body = {"message_uuid": message_uuid, "to": to, "from": sender,
+                    "timestamp": _iso(at), "status": status, "_links": link}
+            if usage:
+                body["usage"] = {"currency": "EUR", "price": price}
+            if error:
+                body["error"] = {"code": error[0], "reason": error[1]}
+            return body
+
+        submitted_at = clock + timedelta(milliseconds=rng.randrange(200, 1500))
+        last = step == len(channels)
+        outcome = rng.random()
+        item_status, item_price = "submitted", None
+        if channel in CHARGED_AT_SUBMIT:
+            events.append((submitted_at, status_body("submitted", submitted_at, usage=True)))
+            charged += Decimal(price)
+            item_price = price
+        else:
+            events.append((submitted_at, status_body("submitted", submitted_at)))
+        if outcome < 0.12:
+            # Failed: rejected at once, or undeliverable after a while.
+            failed_at = submitted_at + timedelta(seconds=rng.uniform(1, 120))
+            status = rng.choice(("rejected", "undeliverable"))
+            events.append((failed_at, status_body(status, failed_at, error=rng.choice(ERRORS))))
+            item_status = status
+            clock = failed_at
+        elif outcome < 0.70 or last:
+            # Delivered within the expiry: the workflow's condition is met.
+            delivered_at = submitted_at + timedelta(seconds=rng.uniform(1, EXPIRY_S * 0.8))
+            charge = channel not in CHARGED_AT_SUBMIT
+            events.append((delivered_at, status_body("delivered", delivered_at, usage=charge)))
+            if charge:
+                charged += Decimal(price)
+                item_price = price
+            item_status = "delivered"
+            if channel != "sms" and rng.random() < 0.6:
+                read_at = delivered_at + timedelta(seconds=rng.uniform(5, 3600))
+                events.append((read_at, status_body("read", read_at)))
+            clock = delivered_at
+            delivered = True
+        else:
+            # Not delivered in time: fail over. Sometimes this leg delivers late, after the
+            # final report, so the report's total misses its price.
+            clock = submitted_at + timedelta(seconds=EXPIRY_S)
+            if rng.random() < 0.25 and channel not in CHARGED_AT_SUBMIT:
+                late_legs.append((channel, price, status_body))
+        report_items.append({"message_uuid": message_uuid, "href": message_uuid,
+                             "channel": "viber_sevice_msg" if channel == "viber_service_msg"
+                             and rng.random() < 0.5 else channel,
+                             "status": item_status,
+                             **({"usage": {"currency": "EUR", "price": item_price}}
+                                if item_price else {})})
+        if delivered:
+            break
+    report_at = clock + timedelta(milliseconds=rng.randrange(100, 3000))
+    report = {"dispatch_uuid": dispatch_uuid, "template": "failover",
+              "status": "completed" if delivered else "error", "timestamp": _iso(report_at),
+              "usage": {"price": format(charged, "f"), "currency": "EUR"},
+              "_links": {"messages": report_items}}
+    events.append((report_at, report))
+    for channel, price, status_body in late_legs:
+        late_at = report_at + timedelta(seconds=rng.uniform(30, 1800))
+        events.append((late_at, status_body("delivered", late_at, usage=True)))
+    # Arrival order: mostly by time, with occasional swaps (read before delivered, say).
+    events.sort(key=lambda e: e[0])
+    for i in range(len(events) - 1):
+        if rng.random() < 0.08:
+            events[i], events[i + 1] = events[i + 1], events[i]
+    deliveries = [Delivery(at, json.dumps(body, separators=(",", ":")).encode()) for at, body in events]
+    # Vonage retries resend the same bytes.
+    for delivery in list(deliveries):
+        if rng.random() < 0.03:
+            deliveries.append(Delivery(delivery.at + timedelta(seconds=5), delivery.body))
+    return dispatch_uuid, deliveries
+
+
+def generate(dispatches, *, seed=0, start=None, days=30):
+    """Yield (dispatch_uuid, [Delivery, ...]) for ``dispatches`` workflows spread over ``days``."""
+    rng = random.Random(seed)
+    start = start or (datetime.now(timezone.utc) - timedelta(days=days)).replace(microsecond=0)
+    span = days * 86400
+    for _ in range(dispatches):
+        yield workflow(rng, start + timedelta(seconds=rng.uniform(0, span)))
+
+
+def sign(body, secret, api_key="simulated", application_id=None, now=None):
+    """A Vonage-style signature header for ``body``: HS256 JWT with payload_hash."""
+    import jwt
+
+    claims = {"iat": int(now if now is not None else time.time()), "jti": str(uuid.uuid4()),
+              "iss": "Vonage", "payload_hash": hashlib.sha256(body).hexdigest(),
+              "api_key": api_key}
+    if application_id:
+        claims["application_id"] = application_id
+    return "Bearer " + jwt.encode(claims, secret, algorithm="HS256")
+
+
+def store_all(workflows, conn, progress=None, batch=500):
+    """Validate and store every callback through the receiver's storage code, in arrival order
+    within each workflow; return counts of what happened."""
+    from . import store
+    from .callbacks import Rejection, parse
+
+    outcome = {"stored": 0, "duplicate": 0, "rejected": 0}
+    pending = 0
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for _, deliveries in workflows:
+            for delivery in deliveries:
+                try:
+                    callback = parse(delivery.body)
+                except Rejection:
+                    outcome["rejected"] += 1
+                    continue
+                arrived = delivery.at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+                stored = store.store_callback(
+                    conn, callback, store.Delivery(delivery.body, "simulate", arrived))
+                outcome["duplicate" if stored.duplicate else "stored"] += 1
+                pending += 1
+            if pending >= batch:
+                conn.execute("COMMIT")
+                conn.execute("BEGIN IMMEDIATE")
+                pending = 0
+            if progress is not None:
+                progress.update(1)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    finally:
+        if progress is not None:
+            progress.render_finish()
+    return outcome
+
+
+def post_all(workflows, url, *, secret=None, concurrency=8, progress=None, timeout=15):
+    """POST every callback to ``url`` (each workflow's in order); return counts by HTTP status."""
+    import urllib.error
+    import urllib.request
+    from collections import Counter
+    from concurrent.futures import ThreadPoolExecutor
+
+    def post_workflow(item):
+        _, deliveries = item
+        statuses = []
+        for delivery in deliveries:
+            headers = {"Content-Type": "application/json", "User-Agent": "receiver-simulate"}
+            if secret:
+                headers["Authorization"] = sign(delivery.body, secret)
+            request = urllib.request.Request(url, data=delivery.body, headers=headers, method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=timeout) as response:
+                    statuses.append(str(response.status))
+            except urllib.error.HTTPError as error:
+                statuses.append(str(error.code))
+                error.close()
+            except OSError as error:
+                statuses.append(type(error).__name__)
+        return statuses
+
+    counts = Counter()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        for statuses in pool.map(post_workflow, workflows):
+            counts.update(statuses)
+            if progress is not None:
+                progress.update(1)
+    if progress is not None:
+        progress.render_finish()
+    return dict(counts)
