@@ -12,7 +12,7 @@ SCALE = 9
 NANO = 10**SCALE
 # Up to a billion units with up to nine decimal places: fits a signed 64-bit sum of
 # millions of prices, and is far beyond any per-message charge.
-PRICE_PATTERN = re.compile(r"^(0|[1-9][0-9]{0,8})(\.[0-9]{1,9})?$")
+PRICE_PATTERN = re.compile(r"(0|[1-9][0-9]{0,8})(\.[0-9]{1,9})?")
 
 # SQL that turns an integer nano-amount back into its shortest exact decimal text.
 # rtrim of zeros stops at the '.', which the second rtrim removes when nothing follows.
@@ -29,7 +29,7 @@ def sql_format(expression):
 
 def is_price(text):
     """True when ``text`` is a price this store keeps exactly."""
-    return isinstance(text, str) and PRICE_PATTERN.match(text) is not None
+    return isinstance(text, str) and PRICE_PATTERN.fullmatch(text) is not None
 
 
 def to_nano(text):

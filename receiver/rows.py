@@ -7,7 +7,7 @@ from .schemas import STATUS_RANK
 def status_event_row(data):
     """A validated Message Status payload -> its ``status_events`` row (without callback id)."""
     to = data.get("to") or {}
-    sender = data.get("from_") or {}
+    sender = data.get("from") or {}
     error = data.get("error") or {}
     usage = data.get("usage") or {}
     links = data.get("_links") or {}

@@ -24,12 +24,12 @@ STATUS_RANK = {"submitted": 1, "delivered": 2, "read": 3, "undeliverable": 4, "r
 
 UUID_LENGTH = validate.Length(min=1, max=100)
 ERROR_CODE_RANGE = validate.Range(min=0, max=2**31 - 1)
-CURRENCY_PATTERN = re.compile(r"^[A-Z]{3}$")
+CURRENCY_PATTERN = re.compile(r"^[A-Z]{3}\Z")
 
 
 ISO_DATETIME = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d{1,12}))?"
-    r"(?:([Zz])|([+-])(\d{2}):?(\d{2}))?$",
+    r"(?:([Zz])|([+-])(\d{2}):?(\d{2}))?\Z",
     re.ASCII,
 )
 
@@ -61,6 +61,11 @@ def parse_timestamp(text):
         return None
 
 
+def format_timestamp(moment):
+    """Aware datetime -> the store's UTC text, '2020-01-01T14:00:00.000000Z' (years zero-padded)."""
+    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
 class Timestamp(fields.Field):
     """An ISO 8601 date-time, loaded as normalised UTC text ('2020-01-01T14:00:00.000000Z').
 
@@ -74,7 +79,7 @@ class Timestamp(fields.Field):
         moment = parse_timestamp(value) if isinstance(value, str) and len(value) <= 64 else None
         if moment is None:
             raise self.make_error("invalid")
-        return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return format_timestamp(moment)
 
 
 class Price(fields.String):
@@ -145,17 +150,22 @@ class StatusLinks(Base):
             )
 
 
-class MessageStatus(Base):
-    """The Message Status callback: one per status change of one message of a workflow."""
-
-    message_uuid = fields.String(required=True, validate=UUID_LENGTH)
-    to = fields.Nested(Endpoint)
-    from_ = fields.Nested(Endpoint, data_key="from")
-    timestamp = Timestamp(required=True)
-    status = fields.String(required=True, validate=validate.OneOf(STATUSES))
-    error = fields.Nested(Error)
-    usage = fields.Nested(Usage)
-    _links = fields.Nested(StatusLinks, data_key="_links")
+# The Message Status callback: one per status change of one message of a workflow. Built
+# with from_dict so that `from` (a Python keyword) loads under its own name: an attribute
+# name differing from the key could be overwritten by an unknown key of that name.
+MessageStatus = Base.from_dict(
+    {
+        "message_uuid": fields.String(required=True, validate=UUID_LENGTH),
+        "to": fields.Nested(Endpoint),
+        "from": fields.Nested(Endpoint),
+        "timestamp": Timestamp(required=True),
+        "status": fields.String(required=True, validate=validate.OneOf(STATUSES)),
+        "error": fields.Nested(Error),
+        "usage": fields.Nested(Usage),
+        "_links": fields.Nested(StatusLinks),
+    },
+    name="MessageStatus",
+)
 
 
 class ReportMessage(Base):
@@ -180,7 +190,7 @@ class FinalReport(Base):
     status = fields.String(required=True, validate=validate.OneOf(FINAL_STATUSES))
     timestamp = Timestamp(required=True)
     usage = fields.Nested(Usage)
-    _links = fields.Nested(ReportLinks, data_key="_links")
+    _links = fields.Nested(ReportLinks)
 
 
 MESSAGE_STATUS = "message_status"

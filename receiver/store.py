@@ -13,13 +13,13 @@ from datetime import datetime, timezone
 from functools import lru_cache
 
 from . import money, rows
-from .schemas import FINAL_REPORT, MESSAGE_STATUS
+from .schemas import FINAL_REPORT, MESSAGE_STATUS, format_timestamp
 from .signatures import UNSIGNED
 
 
 def utcnow():
     """The current time as the store writes it: UTC ISO 8601 with microseconds."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return format_timestamp(datetime.now(timezone.utc))
 
 
 @dataclass(frozen=True)
