@@ -139,6 +139,40 @@ def _reprocess_one(conn, verifier, row):
     return "duplicate" if stored.duplicate else "stored"
 
 
+@cli.command("check")
+@database_option
+def check_command(database):
+    """Check the database: SQLite's integrity check, and that the derived messages and
+    dispatches rows equal a rebuild from the event log. Exits 1 on any problem.
+
+    Example: receiver check --db var/events.db
+    """
+    settings = _settings(database)
+    conn = db.connect_settings(settings)
+    integrity = [row[0] for row in conn.execute("PRAGMA integrity_check")]
+    click.echo(f"integrity_check: {', '.join(integrity)}")
+    differences = store.derived_differences(conn)
+    for table, count in differences.items():
+        click.echo(f"{table}: {'matches the event log' if not count else f'{count} rows differ from the event log'}")
+    if integrity != ["ok"] or any(differences.values()):
+        raise SystemExit(1)
+
+
+@cli.command("rebuild")
+@database_option
+def rebuild_command(database):
+    """Recompute every messages and dispatches row from the event log (status_events,
+    final_reports), e.g. after restoring a backup or a change of the merge rules.
+
+    Example: receiver rebuild --db var/events.db
+    """
+    settings = _settings(database)
+    conn = db.connect_settings(settings)
+    with store.transaction(conn):
+        store.rebuild_derived(conn)
+    click.echo("messages and dispatches rebuilt from the event log", err=True)
+
+
 class Day(click.ParamType):
     """A calendar date, YYYY-MM-DD."""
 

@@ -267,3 +267,56 @@ def record_health(conn, pid):
         "INSERT OR REPLACE INTO receiver_health (id, checked_at, pid) VALUES (1, ?, ?)",
         (utcnow(), pid),
     )
+
+
+def rebuild_derived(conn):
+    """Recompute every ``messages`` and ``dispatches`` row from the event log.
+
+    Runs inside the caller's transaction; the merge rules are order-independent, so replaying
+    events in id order gives the rows that any arrival order would have.
+    """
+    conn.execute("DELETE FROM messages")
+    conn.execute("DELETE FROM dispatches")
+    columns = [c[1] for c in conn.execute("PRAGMA table_info(status_events)")]
+    for values in conn.execute("SELECT * FROM status_events ORDER BY id").fetchall():
+        _merge_message(conn, rows.message_from_status(dict(zip(columns, values))))
+    items = conn.execute(
+        """SELECT m.message_uuid, m.dispatch_uuid, m.channel, m.position, m.status,
+                  m.status_rank, m.price, m.price_nano, m.currency, r.timestamp
+           FROM final_report_messages m JOIN final_reports r ON r.id = m.final_report_id
+           ORDER BY m.id"""
+    ).fetchall()
+    keys = ("message_uuid", "dispatch_uuid", "channel", "position", "status", "status_rank",
+            "price", "price_nano", "currency")
+    for *values, report_timestamp in items:
+        _merge_message(conn, rows.message_from_report_item(dict(zip(keys, values)),
+                                                           {"timestamp": report_timestamp}))
+    dispatch_uuids = conn.execute(
+        "SELECT dispatch_uuid FROM messages WHERE dispatch_uuid IS NOT NULL "
+        "UNION SELECT dispatch_uuid FROM final_reports"
+    ).fetchall()
+    for (dispatch_uuid,) in dispatch_uuids:
+        refresh_dispatch(conn, dispatch_uuid)
+
+
+def derived_differences(conn):
+    """Rows of ``messages`` and ``dispatches`` that differ from a rebuild from the event log.
+
+    Returns {table: number of differing rows}; the database is left unchanged.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("CREATE TEMP TABLE stored_messages AS SELECT * FROM messages")
+        conn.execute("CREATE TEMP TABLE stored_dispatches AS SELECT * FROM dispatches")
+        rebuild_derived(conn)
+        differences = {}
+        for table in ("messages", "dispatches"):
+            differences[table] = conn.execute(
+                f"SELECT count(*) FROM (SELECT * FROM {table} EXCEPT SELECT * FROM temp.stored_{table}"
+                f" UNION ALL SELECT * FROM temp.stored_{table} EXCEPT SELECT * FROM {table})"
+            ).fetchone()[0]
+        return differences
+    finally:
+        conn.execute("ROLLBACK")
+        conn.execute("DROP TABLE IF EXISTS temp.stored_messages")
+        conn.execute("DROP TABLE IF EXISTS temp.stored_dispatches")
