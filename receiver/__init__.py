@@ -40,6 +40,9 @@ def create_app(config=None):
         """Every HTTP error as JSON (404, 405, ...), never an HTML page."""
         response = jsonify(code=error.code, status=error.name, message=error.description)
         response.status_code = error.code
+        for name, value in error.get_headers():
+            if name.lower() != "content-type":
+                response.headers[name] = value  # e.g. Allow on a 405
         return response
 
     @app.errorhandler(Exception)

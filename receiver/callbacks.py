@@ -6,6 +6,7 @@ reason and the errors keyed by field.
 """
 
 import json
+import re
 from dataclasses import dataclass
 
 from marshmallow import ValidationError
@@ -91,6 +92,10 @@ def decode(body):
     except ValueError as error:
         raise Rejection(400, "invalid_json", "The request body is not valid JSON.",
                         {"_body": [str(error)]}) from None
+    if LONE_SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(payload):
+        raise Rejection(400, "invalid_unicode",
+                        "The JSON has a \\u escape of a lone surrogate, which is not a character.",
+                        {"_body": ["Lone surrogate (\\ud800-\\udfff) in a string."]})
     if _depth_exceeds(payload, MAX_DEPTH):
         raise Rejection(400, "too_deep", f"The JSON is nested more than {MAX_DEPTH} levels deep.",
                         {"_body": [f"JSON nesting deeper than {MAX_DEPTH} levels."]})
@@ -98,6 +103,28 @@ def decode(body):
         raise Rejection(422, "schema_error", "A callback must be a JSON object.",
                         {"_schema": [f"Expected a JSON object, got {type(payload).__name__}."]})
     return payload
+
+
+# A \\u escape in the surrogate range; most bodies have none, so the exact check below is rare.
+LONE_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+
+
+def _has_lone_surrogate(value):
+    """True when a string (key or value) anywhere in ``value`` cannot be encoded as UTF-8."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def _depth_exceeds(value, limit):

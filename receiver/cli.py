@@ -2,6 +2,7 @@
 
 import json
 import logging
+import sqlite3
 import sys
 from datetime import date
 
@@ -12,6 +13,7 @@ from . import export as exports
 from .callbacks import ENDPOINT_KINDS, Rejection, parse
 from .config import describe, load_settings
 from .signatures import Verifier
+from .writer import is_database_failure
 
 log = logging.getLogger("receiver")
 
@@ -29,7 +31,13 @@ database_option = click.option(
 @click.group()
 @click.version_option(__version__, prog_name="receiver")
 def cli():
-    """dispatch-receiver: store Vonage Dispatch callbacks in SQLite and browse them in Datasette."""
+    """dispatch-receiver: store Vonage Dispatch callbacks in SQLite and browse them in Datasette.
+
+    The web process itself runs under gunicorn (see the Procfile); these commands set up,
+    check, repair, export and feed the database.
+
+    Example: receiver init-db && receiver simulate --dispatches 100
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
@@ -74,7 +82,7 @@ def reprocess_command(database, ids, reason, dry_run, batch_size):
     settings = _settings(database)
     verifier = Verifier(settings)
     conn = db.connect_settings(settings)
-    where, params = ["reprocessed_at IS NULL"], []
+    where, params = ["reprocessed_at IS NULL", "body_truncated = 0"], []
     if ids:
         where.append(f"id IN ({', '.join('?' * len(ids))})")
         params.extend(ids)
@@ -83,7 +91,7 @@ def reprocess_command(database, ids, reason, dry_run, batch_size):
         params.append(reason)
     condition = " AND ".join(where)
     total = conn.execute(f"SELECT count(*) FROM rejected_callbacks WHERE {condition}", params).fetchone()[0]
-    counts = {"stored": 0, "duplicate": 0, "still_rejected": 0}
+    counts = {"stored": 0, "duplicate": 0, "still_rejected": 0, "failed": 0}
     last_id = 0
     with click.progressbar(length=total, label="Reprocessing", file=sys.stderr) as bar:
         while True:
@@ -99,18 +107,44 @@ def reprocess_command(database, ids, reason, dry_run, batch_size):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 for row in batch:
-                    counts[_reprocess_one(conn, verifier, row)] += 1
+                    conn.execute("SAVEPOINT row")
+                    try:
+                        outcome = _reprocess_one(conn, verifier, row)
+                    except sqlite3.Error as error:
+                        if is_database_failure(error):
+                            raise
+                        outcome = _reprocess_failed(conn, row[0], error)
+                    except Exception as error:  # one bad row must not stop the others
+                        outcome = _reprocess_failed(conn, row[0], error)
+                    conn.execute("RELEASE row")
+                    counts[outcome] += 1
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("ROLLBACK" if dry_run else "COMMIT")
             bar.update(len(batch))
     verb = "would be" if dry_run else "were"
-    click.echo(
-        f"{total} pending: {counts['stored']} {verb} stored, {counts['duplicate']} {verb} "
-        f"already stored, {counts['still_rejected']} still rejected.",
-        err=True,
+    truncated = conn.execute(
+        "SELECT count(*) FROM rejected_callbacks WHERE reprocessed_at IS NULL AND body_truncated = 1"
+    ).fetchone()[0]
+    summary = (f"{total} pending: {counts['stored']} {verb} stored, {counts['duplicate']} {verb} "
+               f"already stored, {counts['still_rejected']} still rejected.")
+    if counts["failed"]:
+        summary += f" {counts['failed']} failed to store (see the log and reprocess_result)."
+    if truncated:
+        summary += f" {truncated} oversized bodies, kept only in part, are not reprocessed."
+    click.echo(summary, err=True)
+
+
+def _reprocess_failed(conn, rejected_id, error):
+    """Undo one row's partial work and note why it failed; the row stays pending."""
+    log.error("reprocessing rejected_callbacks/%d failed: %r", rejected_id, error)
+    conn.execute("ROLLBACK TO row")
+    conn.execute(
+        "UPDATE rejected_callbacks SET reprocess_result = ? WHERE id = ?",
+        (json.dumps({"at": store.utcnow(), "failed": f"{type(error).__name__}: {error}"}), rejected_id),
     )
+    return "failed"
 
 
 def _reprocess_one(conn, verifier, row):

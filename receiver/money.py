@@ -10,9 +10,9 @@ from decimal import Decimal
 
 SCALE = 9
 NANO = 10**SCALE
-# Up to a billion units with up to nine decimal places: fits a signed 64-bit sum of
-# millions of prices, and is far beyond any per-message charge.
-PRICE_PATTERN = re.compile(r"(0|[1-9][0-9]{0,8})(\.[0-9]{1,9})?")
+# Below 100,000 units with up to nine decimal places: far beyond any per-message charge,
+# and a signed 64-bit sum holds 92,000 such maximal prices (billions of real ones).
+PRICE_PATTERN = re.compile(r"(0|[1-9][0-9]{0,4})(\.[0-9]{1,9})?")
 
 # SQL that turns an integer nano-amount back into its shortest exact decimal text.
 # rtrim of zeros stops at the '.', which the second rtrim removes when nothing follows.

@@ -9,7 +9,7 @@ from .schemas import CHANNELS, CHANNEL_ALIASES, FINAL_STATUSES, STATUSES, TEMPLA
 STRING_1_50 = {"type": "string", "minLength": 1, "maxLength": 50}
 UUID = {"type": "string", "minLength": 1, "maxLength": 100}
 TIMESTAMP = {"type": "string", "format": "date-time", "example": "2020-01-01T14:00:00.000Z"}
-PRICE = {"type": "string", "pattern": r"^(0|[1-9][0-9]{0,8})(\.[0-9]{1,9})?$", "example": "0.0333"}
+PRICE = {"type": "string", "pattern": r"^(0|[1-9][0-9]{0,4})(\.[0-9]{1,9})?$", "example": "0.0333"}
 CURRENCY = {"type": "string", "pattern": "^[A-Z]{3}$", "example": "EUR"}
 
 

@@ -8,7 +8,7 @@ from flask import Blueprint, current_app, jsonify, request
 from . import store
 from .openapi import document as openapi_document
 from .callbacks import ENDPOINT_KINDS, Rejection, parse
-from .writer import StorageError
+from .writer import StorageError, WriteFailed
 
 log = logging.getLogger("receiver")
 bp = Blueprint("webhooks", __name__)
@@ -91,6 +91,11 @@ def receive():
         stored = writer.submit(
             lambda conn: store.store_callback(conn, callback, delivery, signature)
         )
+    except WriteFailed as error:
+        # Valid, yet this write fails on its own (retrying would too): keep the body.
+        return _reject(Rejection(422, "unstorable", "The callback is valid but could not be "
+                                 "stored; it is kept for reprocessing.",
+                                 {"_body": [str(error)]}), delivery)
     except StorageError as error:
         return _unavailable(error)
     return jsonify(

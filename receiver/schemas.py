@@ -87,7 +87,7 @@ class Price(fields.String):
 
     default_error_messages = {
         "invalid_price": "Must be a decimal string such as \"0.0333\" "
-        "(non-negative, at most 9 digits before and 9 after the point)."
+        "(non-negative, at most 5 digits before and 9 after the point)."
     }
 
     def _deserialize(self, value, attr, data, **kwargs):

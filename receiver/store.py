@@ -208,7 +208,8 @@ WITH m AS MATERIALIZED (
     FROM messages WHERE dispatch_uuid = :d
     ORDER BY workflow_position IS NULL, workflow_position, first_seen_at, message_uuid),
 latest AS (
-    SELECT status, timestamp, price, price_nano, currency, count(*) OVER () AS reports
+    SELECT status, timestamp, price, price_nano, currency, count(*) OVER () AS reports,
+           min(timestamp) OVER () AS first_report
     FROM final_reports WHERE dispatch_uuid = :d ORDER BY timestamp DESC, id DESC LIMIT 1),
 totals AS (
     SELECT min(first_seen_at) AS first, max(last_seen_at) AS last, count(*) AS n,
@@ -216,7 +217,7 @@ totals AS (
            group_concat(DISTINCT currency) AS currencies
     FROM m)
 SELECT :d,
-    coalesce(min(totals.first, latest.timestamp), totals.first, latest.timestamp),
+    coalesce(min(totals.first, latest.first_report), totals.first, latest.first_report),
     coalesce(max(totals.last, latest.timestamp), totals.last, latest.timestamp),
     latest.status, latest.timestamp, latest.price, latest.price_nano, latest.currency,
     coalesce(latest.reports, 0), totals.n, totals.channels,

@@ -22,6 +22,36 @@ class StorageError(Exception):
     """The write could not be committed (locked, disk full, read-only...); answer 503."""
 
 
+class WriteFailed(StorageError):
+    """This one write failed while the database is fine (e.g. an integer overflow in a sum):
+    retrying it would fail again."""
+
+
+# Primary SQLite result codes that mean the database itself cannot take writes now: the whole
+# batch fails and every request in it gets 503. Any other error fails only its own write.
+DATABASE_FAILURES = {
+    5,   # SQLITE_BUSY
+    6,   # SQLITE_LOCKED
+    7,   # SQLITE_NOMEM
+    8,   # SQLITE_READONLY
+    9,   # SQLITE_INTERRUPT
+    10,  # SQLITE_IOERR
+    11,  # SQLITE_CORRUPT
+    13,  # SQLITE_FULL
+    14,  # SQLITE_CANTOPEN
+    15,  # SQLITE_PROTOCOL
+    26,  # SQLITE_NOTADB
+}
+
+
+def is_database_failure(error):
+    """True when ``error`` says the database cannot take writes (not that one write is bad)."""
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is None:
+        return isinstance(error, sqlite3.OperationalError)
+    return (code & 0xFF) in DATABASE_FAILURES
+
+
 class _Pending:
     __slots__ = ("work", "done", "result", "error")
 
@@ -110,13 +140,13 @@ class GroupCommitWriter:
                 conn.execute("SAVEPOINT item")
                 try:
                     pending.result = pending.work(conn)
-                except sqlite3.OperationalError:
-                    raise  # the database itself is failing: the whole batch fails
                 except Exception as error:
-                    # One bad write (a bug, a constraint) fails alone, not its batch-mates.
+                    if isinstance(error, sqlite3.Error) and is_database_failure(error):
+                        raise  # the database itself is failing: the whole batch fails
+                    # One bad write (a bug, an overflow) fails alone, not its batch-mates.
                     conn.execute("ROLLBACK TO item")
-                    log.exception("write failed; answering 503 for it")
-                    pending.error = StorageError(f"write failed: {error!r}")
+                    log.exception("one write failed; its batch-mates go on")
+                    pending.error = WriteFailed(f"{type(error).__name__}: {error}")
                 conn.execute("RELEASE item")
             conn.execute("COMMIT")
         except BaseException:
