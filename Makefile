@@ -26,7 +26,7 @@ test: install system-deps
 	$(BIN)/python -m pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
 
 # Debian packages the tests and benchmarks use, installed when missing (needs root or sudo).
-SYSTEM_PACKAGES := wrk
+SYSTEM_PACKAGES := wrk chromium
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

@@ -103,9 +103,10 @@ def datasette_command(database, host, port, dry_run):
     `datasette serve`. Without DATASETTE_PASSWORD_HASH it listens on 127.0.0.1 only; with it,
     on DATASETTE_HOST, and every page needs a login as `root`.
 
+    \b
     Example: receiver datasette --port 8001
-
-    Example: DATASETTE_PASSWORD_HASH="$(datasette hash-password)" DATASETTE_HOST=0.0.0.0 receiver datasette
+    Example: DATASETTE_PASSWORD_HASH="$(datasette hash-password)" \\
+             DATASETTE_HOST=0.0.0.0 receiver datasette
     """
     overrides = {}
     if database:

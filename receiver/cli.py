@@ -10,6 +10,7 @@ import click
 
 from . import __version__, db, store
 from . import export as exports
+from .browse import datasette_command
 from .callbacks import ENDPOINT_KINDS, Rejection, parse
 from .config import describe, load_settings
 from .signatures import Verifier
@@ -324,6 +325,9 @@ def simulate_command(database, count, url, secret, seed, days, concurrency):
     click.echo(", ".join(f"{n} {what}" for what, n in sorted(outcome.items())), err=True)
     if url and any(what != "200" for what in outcome):
         raise SystemExit(1)
+
+
+cli.add_command(datasette_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

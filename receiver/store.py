@@ -213,7 +213,9 @@ latest AS (
     FROM final_reports WHERE dispatch_uuid = :d ORDER BY timestamp DESC, id DESC LIMIT 1),
 totals AS (
     SELECT min(first_seen_at) AS first, max(last_seen_at) AS last, count(*) AS n,
-           group_concat(channel, ',') AS channels, sum(price_nano) AS price_nano,
+           group_concat(channel, ',') AS channels,
+           -- amounts in different currencies are not added up
+           CASE WHEN count(DISTINCT currency) <= 1 THEN sum(price_nano) END AS price_nano,
            group_concat(DISTINCT currency) AS currencies
     FROM m)
 SELECT :d,

@@ -58,15 +58,16 @@ SELECT
     d.final_price_nano - d.messages_price_nano AS difference_nano,
     CASE
         WHEN d.final_status IS NULL THEN 'final report missing'
+        WHEN d.messages_currency LIKE '%,%' THEN 'messages priced in several currencies'
+        WHEN d.final_currency <> d.messages_currency THEN 'currencies differ'
         WHEN d.messages_price_nano IS NULL AND d.final_price_nano IS NULL THEN 'no prices reported'
         WHEN d.messages_price_nano IS NULL THEN 'no message prices reported'
         WHEN d.final_price_nano IS NULL THEN 'final report has no total'
         WHEN d.final_price_nano = d.messages_price_nano THEN NULL
         WHEN EXISTS (
             SELECT 1 FROM messages m WHERE m.dispatch_uuid = d.dispatch_uuid
-            AND m.last_seen_at > d.final_timestamp AND m.price_nano IS NOT NULL
+            AND m.price_nano IS NOT NULL AND ({CHARGED_AT}) > d.final_timestamp
         ) THEN 'a message was charged after the final report'
-        WHEN d.final_currency <> d.messages_currency THEN 'currencies differ'
         ELSE 'totals differ'
     END AS reason
 FROM dispatches d

@@ -325,3 +325,48 @@ def test_first_seen_is_the_earliest_of_all_final_reports(post, rows, db_path):
     assert row["final_report_count"] == 2
     assert (row["first_seen_at"], row["last_seen_at"]) == (
         "2026-11-01T10:05:00.000000Z", "2026-11-01T10:06:00.000000Z")
+
+
+def reconciliation(rows, db_path, dispatch_uuid):
+    [row] = rows(db_path, "SELECT * FROM billing_reconciliation WHERE dispatch_uuid = ?", dispatch_uuid)
+    return row
+
+
+def test_prices_in_different_currencies_are_not_added_up(post, rows, db_path):
+    d = new_uuid()
+    stored(post, status(new_uuid(), d, "delivered", price="0.01", currency="EUR"),
+           status(new_uuid(), d, "delivered", price="0.02", currency="USD"))
+    [dispatch] = rows(db_path, "SELECT messages_price, messages_currency FROM dispatches")
+    assert dispatch["messages_price"] is None
+    assert sorted(dispatch["messages_currency"].split(",")) == ["EUR", "USD"]
+    stored(post, final_report(d, [], price="0.03", currency="EUR"))
+    assert reconciliation(rows, db_path, d)["reason"] == "messages priced in several currencies"
+
+
+def test_a_currency_mismatch_is_not_reconciled_even_when_amounts_match(post, rows, db_path):
+    d, m = new_uuid(), new_uuid()
+    stored(post, status(m, d, "submitted", channel="sms", price="0.0333", currency="USD"),
+           final_report(d, [(m, "sms", "submitted", "0.0333")], price="0.0333", currency="EUR"))
+    assert reconciliation(rows, db_path, d)["reason"] == "currencies differ"
+
+
+def test_a_late_status_without_a_charge_is_not_blamed_as_a_late_charge(post, rows, db_path):
+    """The SMS is charged at submitted (before the report); its later delivered carries no
+    price, so a differing total is just 'totals differ'."""
+    d, m = new_uuid(), new_uuid()
+    stored(post,
+           status(m, d, "submitted", channel="sms", price="0.0333", timestamp="2026-11-01T10:00:00Z"),
+           final_report(d, [(m, "sms", "submitted", "0.0333")], price="0.05",
+                        timestamp="2026-11-01T10:00:05Z"),
+           status(m, d, "delivered", channel="sms", timestamp="2026-11-01T10:00:10Z"))
+    row = reconciliation(rows, db_path, d)
+    assert (row["reason"], row["difference"]) == ("totals differ", "0.0167")
+
+
+def test_a_first_leg_charged_after_the_final_report_is_named(post, rows, db_path):
+    d, wa, sms, bodies = failover_workflow()
+    report = next(b for b in bodies if "template" in b)
+    report["usage"]["price"] = "0.0333"  # the report missed the late WhatsApp charge
+    stored(post, *bodies)
+    row = reconciliation(rows, db_path, d)
+    assert (row["reason"], row["difference"]) == ("a message was charged after the final report", "-0.002")

@@ -1,0 +1,317 @@
+"""The real `receiver datasette` process, and its dashboard in real headless Chromium.
+
+The command runs as production runs it (init-db, then exec datasette serve) on a free port of
+127.0.0.1, over a database filled by posting the scenario of datasette_data to the receiver.
+Chromium is Debian's (/usr/bin/chromium, installed by `make system-deps`), driven by the
+Python playwright package; no browser is downloaded. The dashboard's screenshot is saved as
+test-artifacts/dashboard.png.
+"""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+import datasette_data
+from servers import ROOT, VENV_BIN, free_port
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]
+ARTIFACTS = ROOT / "test-artifacts"
+START_TIMEOUT_S = 30
+STOP_TIMEOUT_S = 10
+PAGE_TIMEOUT_MS = 30_000
+COMMAND = "from receiver.browse import datasette_command; datasette_command()"
+
+needs_chromium = pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason="Debian's chromium is not installed (/usr/bin/chromium): run `make system-deps` "
+           "or `apt-get install chromium`",
+)
+
+
+class DatasetteProcess:
+    """`receiver datasette` in its own process group, logging to a file."""
+
+    def __init__(self, db_path, log_path, **environ):
+        self.port = free_port()
+        self.log_path = log_path
+        env = {
+            key: value for key, value in os.environ.items()
+            if not key.startswith(("RECEIVER_", "DATASETTE_", "VONAGE_"))
+        }
+        env.update(
+            PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            RECEIVER_DB=str(db_path),
+            DATASETTE_HOST="127.0.0.1",
+            DATASETTE_PORT=str(self.port),
+            **environ,
+        )
+        self._log = open(log_path, "wb")
+        self.popen = subprocess.Popen(
+            [sys.executable, "-c", COMMAND], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def output(self):
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self):
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"datasette exited with {self.popen.returncode}:\n{self.output()}")
+            try:
+                # Any answer (200, or 403 behind the login wall) means it serves.
+                requests.get(f"{self.url}/robots.txt", timeout=2)
+                return
+            except requests.ConnectionError:
+                time.sleep(0.2)
+        raise RuntimeError(f"datasette did not answer within {START_TIMEOUT_S} s:\n{self.output()}")
+
+    def stop(self):
+        """SIGTERM the group, then SIGKILL; wait until the process is gone."""
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(STOP_TIMEOUT_S)
+        self._log.close()
+
+
+def start(db_path, log_path, **environ):
+    process = DatasetteProcess(db_path, log_path, **environ)
+    try:
+        process.wait_ready()
+    except BaseException:
+        process.stop()
+        raise
+    return process
+
+
+@pytest.fixture(scope="module")
+def filled(tmp_path_factory):
+    """The scenario posted to the receiver, and the expected figures: (path, bodies)."""
+    path = tmp_path_factory.mktemp("dashboard") / "dispatch.db"
+    bodies, uuids = datasette_data.scenario_bodies()
+    datasette_data.post_all(path, bodies)
+    return path, bodies, uuids
+
+
+@pytest.fixture(scope="module")
+def server(filled, tmp_path_factory):
+    process = start(filled[0], tmp_path_factory.mktemp("logs") / "datasette.log")
+    yield process
+    process.stop()
+
+
+def test_command_creates_the_schema_and_serves_the_file_on_loopback(tmp_path):
+    path = tmp_path / "new" / "fresh-events.db"  # neither the file nor its folder exist
+    process = start(path, tmp_path / "datasette.log")
+    try:
+        database = requests.get(f"{process.url}/fresh-events.json", timeout=10).json()
+        tables = {t["name"] for t in database["tables"]}
+        assert {"callbacks", "status_events", "messages", "dispatches"} <= tables
+        assert {v["name"] for v in database["views"]} == {"billing_lines", "billing_reconciliation"}
+        assert requests.get(f"{process.url}/-/dashboards/dispatch", timeout=10).status_code == 200
+    finally:
+        process.stop()
+    log = process.output()
+    assert "schema created" in log
+    assert f"Uvicorn running on http://127.0.0.1:{process.port}" in log
+
+
+def test_command_behind_a_password_asks_for_the_login(filled, tmp_path):
+    password = "a long test password"
+    hashed = subprocess.run(
+        [str(VENV_BIN / "datasette"), "hash-password", "--no-confirm"], input=password,
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout.strip()
+    process = start(filled[0], tmp_path / "datasette.log", DATASETTE_PASSWORD_HASH=hashed)
+    try:
+        anonymous = requests.get(f"{process.url}/dispatch/messages", allow_redirects=False,
+                                 timeout=10)
+        assert (anonymous.status_code, anonymous.headers["location"]) == (302, "/-/login")
+        assert requests.get(f"{process.url}/dispatch/messages.csv?_stream=on",
+                            timeout=10).status_code == 403
+        with requests.Session() as session:
+            form = session.get(f"{process.url}/-/login", timeout=10)
+            token = re.search(r'name="csrftoken" value="([^"]+)"', form.text).group(1)
+            login = session.post(f"{process.url}/-/login", timeout=30, allow_redirects=False,
+                                 data={"username": "root", "password": password,
+                                       "csrftoken": token})
+            assert login.status_code == 302 and "ds_actor" in session.cookies
+            assert session.get(f"{process.url}/-/dashboards/dispatch", timeout=10).status_code == 200
+            csv = session.get(f"{process.url}/dispatch/messages.csv?_stream=on", timeout=10)
+            assert csv.status_code == 200 and len(csv.text.splitlines()) > 1
+    finally:
+        process.stop()
+
+
+# Wraps vega-embed as it loads, keeping each chart's result (its vega View) for the test.
+CAPTURE_CHARTS = """
+window.__charts = [];
+Object.defineProperty(window, 'vegaEmbed', {
+  configurable: true,
+  get() { return window.__vegaEmbed; },
+  set(embed) {
+    const wrapped = function (element, spec, options) {
+      const promise = embed(element, spec, options);
+      window.__charts.push(promise.then(result => ({id: element.id, view: result.view})));
+      return promise;
+    };
+    Object.assign(wrapped, embed);
+    window.__vegaEmbed = wrapped;
+  },
+});
+"""
+
+# For each rendered chart: its data rows and how many data marks (bars, points, lines) it drew.
+READ_CHARTS = """
+async () => {
+  const countMarks = (node) => {
+    let count = node.role === 'mark' ? (node.items || []).length : 0;
+    for (const item of node.items || []) {
+      if (item.items) count += countMarks(item);
+    }
+    return count;
+  };
+  const charts = await Promise.all(window.__charts);
+  const out = {};
+  for (const {id, view} of charts) {
+    await view.runAsync();
+    const canvas = document.querySelector(`#${id} canvas, #${id} svg`);
+    out[id.replace('chart-', '')] = {
+      rows: view.data('source_0'),
+      marks: countMarks(view.scenegraph().root),
+      drawn: canvas ? canvas.getBoundingClientRect().width * canvas.getBoundingClientRect().height : 0,
+    };
+  }
+  return out;
+}
+"""
+
+VEGA_CHARTS = {"callbacks-per-hour", "cost-per-day", "failover-rate", "top-error-codes"}
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def open_dashboard(browser, url):
+    """The dashboard page with its charts rendered; also what went wrong on the way."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(PAGE_TIMEOUT_MS)
+    problems = []
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    page.on("console", lambda m: m.type == "error" and problems.append(f"console: {m.text}"))
+
+    def local_only(route):
+        if route.request.url.startswith("http://127.0.0.1:"):
+            route.continue_()
+        else:
+            problems.append(f"outside request: {route.request.url}")
+            route.abort()
+
+    page.route("**/*", local_only)
+    page.add_init_script(CAPTURE_CHARTS)
+    page.goto(url)
+    page.wait_for_function(f"window.__charts && window.__charts.length === {len(VEGA_CHARTS)}")
+    charts = page.evaluate(READ_CHARTS)
+    page.wait_for_load_state("networkidle")
+    return page, charts, problems
+
+
+@needs_chromium
+def test_dashboard_charts_render_with_the_stored_data(server, filled, browser):
+    path, bodies, uuids = filled
+    page, charts, problems = open_dashboard(browser, f"{server.url}/-/dashboards/dispatch")
+    try:
+        assert problems == []
+        assert set(charts) == VEGA_CHARTS
+        for name, chart in charts.items():
+            assert chart["rows"] and chart["marks"] > 0 and chart["drawn"] > 0, (name, chart)
+
+        # Callbacks per hour by status: every stored callback, once.
+        hourly = charts["callbacks-per-hour"]["rows"]
+        assert sum(row["callbacks"] for row in hourly) == len(bodies)
+        march_1 = {row["status"]: row["callbacks"] for row in hourly
+                   if row["hour"] == "2025-03-01T10:00:00Z"}
+        assert march_1 == {"submitted": 2, "delivered": 2, "read": 1, "final report completed": 1}
+
+        # Cost per day per channel and currency, exact in the tooltip, one bar per row.
+        cost = charts["cost-per-day"]
+        by_day = {(r["day"], r["series"]): r["cost"] for r in cost["rows"]}
+        assert by_day == {
+            ("2025-03-01", "sms (EUR)"): "0.0333", ("2025-03-01", "whatsapp (EUR)"): "0.002",
+            ("2025-03-02", "sms (EUR)"): "0.3", ("2025-03-02", "sms (USD)"): "0.05",
+            ("2025-03-03", "sms (EUR)"): "0.0999", ("2025-03-04", "sms (EUR)"): "0.0666",
+        }
+        assert cost["marks"] == len(cost["rows"])
+
+        # Failover rate per day: A (01), F of F/G/G2 (03), J of J/T (04) needed failover.
+        rate = {r["day"]: r["failover_pct"] for r in charts["failover-rate"]["rows"]}
+        assert {day: rate[day] for day in ("2025-03-01", "2025-03-02", "2025-03-03", "2025-03-04")} == {
+            "2025-03-01": 100.0, "2025-03-02": 0.0, "2025-03-03": 33.3, "2025-03-04": 50.0}
+
+        # Top error codes.
+        errors = charts["top-error-codes"]
+        assert [(r["error"], r["channel"], r["callbacks"]) for r in errors["rows"]] == [
+            ("1330 Delivery failed", "sms", 2),
+            ("1120 Illegal Sender Address", "viber_service_msg", 1),
+        ]
+        assert errors["marks"] == 2
+
+        # The figures above the charts.
+        dispatches = len([name for name in uuids if "." not in name])
+        assert page.inner_text("#chart-dispatches").strip() == str(dispatches)
+        assert page.inner_text("#chart-callbacks").strip() == str(len(bodies))
+        # A, F and J needed failover; A, B, C, H, F, J and T were delivered.
+        assert page.inner_text("#chart-failover-overall").strip() == f"{round(300 / dispatches, 1)} %"
+        assert page.inner_text("#chart-delivered-overall").strip() == f"{round(700 / dispatches, 1)} %"
+
+        ARTIFACTS.mkdir(exist_ok=True)
+        screenshot = ARTIFACTS / "dashboard.png"
+        page.screenshot(path=str(screenshot), full_page=True)
+        assert screenshot.stat().st_size > 20_000
+    finally:
+        page.close()
+
+
+@needs_chromium
+def test_dashboard_filters_narrow_every_chart(server, browser):
+    page, charts, problems = open_dashboard(
+        browser, f"{server.url}/-/dashboards/dispatch?from=2025-03-03&to=2025-03-03&channel=sms")
+    try:
+        assert problems == []
+        errors = charts["top-error-codes"]["rows"]
+        assert [(r["error"], r["callbacks"]) for r in errors] == [("1330 Delivery failed", 2)]
+        assert {r["day"] for r in charts["cost-per-day"]["rows"]} == {"2025-03-03"}
+        assert {r["hour"][:10] for r in charts["callbacks-per-hour"]["rows"]} == {"2025-03-03"}
+        # F started with Viber: of the SMS-first dispatches G and G2, none failed over.
+        assert [(r["day"], r["dispatches"], r["failover_pct"])
+                for r in charts["failover-rate"]["rows"]] == [("2025-03-03", 2, 0.0)]
+        assert page.inner_text("#chart-dispatches").strip() == "2"
+    finally:
+        page.close()
