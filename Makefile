@@ -36,8 +36,11 @@ system-deps:
 	fi
 
 ## bench: receiver vs a no-op Flask app under the same gunicorn settings (see README)
+# e.g. make bench BENCH_ARGS="--repeat 3 --duration 15"; see bench/README.md
+BENCH_ARGS ?=
 bench: install system-deps
-	$(BIN)/python bench/run.py
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var/*.db var/*.db-wal var/*.db-shm *.egg-info
