@@ -11,11 +11,13 @@ import os
 # The webhook target listens on every interface; put TLS in front of it (see README).
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
 
-# gthread workers: each process runs several request threads that share one group-commit
-# writer thread, so one synced commit serves every request in flight (see receiver/writer.py).
-worker_class = "gthread"
-workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count()))
-threads = int(os.environ.get("GUNICORN_THREADS", "16"))
+# Sync workers (one request at a time each, no thread contention for the GIL) hand their
+# writes to one group-commit writer in the master (receiver/writer.py), so one synced commit
+# serves every worker's request in flight. More workers than cores: a worker waiting for its
+# commit leaves its core to the others.
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "sync")
+workers = int(os.environ.get("WEB_CONCURRENCY", 2 * multiprocessing.cpu_count() + 1))
+threads = int(os.environ.get("GUNICORN_THREADS", "1"))
 
 # Vonage gives up on a response after 15 s; a worker stuck longer than 30 s is restarted.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
@@ -44,17 +46,25 @@ control_socket_disable = True
 preload_app = False
 
 
+_writer_server = None
+
+
 def on_starting(server):
-    """Create or migrate the schema in the master, before any worker can write."""
+    """In the master, before any worker: create or migrate the schema, start the one writer."""
+    global _writer_server
     from receiver import db
     from receiver.config import describe, load_settings
     from receiver.signatures import Verifier
+    from receiver.writer import SOCKET_VARIABLE, WriterServer
 
     settings = load_settings()
     db.init_db(settings.db_path, synchronous=settings.synchronous,
                busy_timeout_ms=settings.busy_timeout_ms)
+    _writer_server = WriterServer(settings).start()
+    os.environ[SOCKET_VARIABLE] = _writer_server.path  # inherited by every worker
     log = logging.getLogger("gunicorn.error")
-    log.info("dispatch-receiver: database %s ready", os.path.abspath(settings.db_path))
+    log.info("dispatch-receiver: database %s ready; writer at %s",
+             os.path.abspath(settings.db_path), _writer_server.path)
     for line in describe(settings):
         log.info("setting %s", line)
     verifier = Verifier(settings)
@@ -62,3 +72,15 @@ def on_starting(server):
     if settings.synchronous != "FULL":
         log.warning("RECEIVER_SYNCHRONOUS=%s: acknowledged callbacks may be lost on power "
                     "failure", settings.synchronous)
+
+
+def post_fork(server, worker):
+    """In each worker: the listening socket belongs to the master."""
+    if _writer_server is not None:
+        _writer_server.close_in_child()
+
+
+def on_exit(server):
+    """In the master, at shutdown: remove the writer's socket."""
+    if _writer_server is not None:
+        _writer_server.close()

@@ -26,9 +26,9 @@ def create_app(config=None):
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_hops, x_proto=settings.proxy_hops)
 
     from .signatures import Verifier
-    from .writer import GroupCommitWriter
+    from .writer import writer_for
 
-    app.extensions["receiver.writer"] = GroupCommitWriter(settings)
+    app.extensions["receiver.writer"] = writer_for(settings)
     app.extensions["receiver.verifier"] = Verifier(settings)
 
     from . import routes

@@ -52,9 +52,7 @@ def _reject(rejection, delivery, **extra):
     """Keep the body in ``rejected_callbacks`` and answer the rejection's status."""
     writer = current_app.extensions["receiver.writer"]
     try:
-        rejected_id = writer.submit(
-            lambda conn: store.store_rejection(conn, rejection, delivery, **extra)
-        )
+        rejected_id = writer.run("store_rejection", rejection, delivery, **extra)
     except StorageError as error:
         # Unkept, a 4xx would lose the body for good (Vonage does not retry 4xx).
         return _unavailable(error)
@@ -88,9 +86,7 @@ def receive():
         return _reject(rejection, delivery)
     writer = current_app.extensions["receiver.writer"]
     try:
-        stored = writer.submit(
-            lambda conn: store.store_callback(conn, callback, delivery, signature)
-        )
+        stored = writer.run("store_callback", callback, delivery, signature)
     except WriteFailed as error:
         # Valid, yet this write fails on its own (retrying would too): keep the body.
         return _reject(Rejection(422, "unstorable", "The callback is valid but could not be "
@@ -124,7 +120,7 @@ def healthz():
     writer = current_app.extensions["receiver.writer"]
     pid = os.getpid()
     try:
-        writer.submit(lambda conn: store.record_health(conn, pid))
+        writer.run("record_health", pid)
     except StorageError as error:
         response = jsonify(status="unavailable", database="not writable", error=str(error))
         response.status_code = 503

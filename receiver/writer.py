@@ -1,19 +1,29 @@
-"""Group commit: one writer thread per process shares each synced commit among requests.
+"""Group commit: one writer shares each synced commit among all the requests in flight.
 
-Request threads hand their write (a function of a connection) to the writer and wait. The
-writer takes everything queued, runs it in one ``BEGIN IMMEDIATE`` transaction, commits
-(synced to disk with ``synchronous=FULL``) and only then wakes the requests, so no request
-is answered before its data is durable, while one fsync serves a whole batch.
+Requests hand their write to the writer and wait. The writer takes everything queued, runs it
+in one ``BEGIN IMMEDIATE`` transaction, commits (synced to disk with ``synchronous=FULL``) and
+only then wakes the requests, so no request is answered before its data is durable, while one
+fsync serves a whole batch.
+
+Under gunicorn there is one writer for all worker processes: ``WriterServer`` runs in the
+master (started by config/gunicorn.conf.py) and the workers reach it through a private Unix
+socket with ``RemoteWriter``. One writing connection means no lock contention between
+processes and a page cache that stays warm. Without that socket (the Flask test client, a
+single process) the app uses an in-process ``GroupCommitWriter`` thread.
 """
 
-import fcntl
 import logging
 import os
+import pickle
 import queue
+import selectors
+import socket
 import sqlite3
+import struct
+import tempfile
 import threading
 
-from . import db
+from . import db, store
 
 log = logging.getLogger("receiver.writer")
 
@@ -70,10 +80,14 @@ class GroupCommitWriter:
         self._lock = threading.Lock()
         self._pid = None
         self._queue = None
-        self._lock_file = None
-        self._lock_pid = None
+        self._conn = None
         self.batches = 0
         self.writes = 0
+
+    def run(self, operation, *args, **kwargs):
+        """Run the store operation named ``operation`` (see OPERATIONS) and return its result."""
+        function = OPERATIONS[operation]
+        return self.submit(lambda conn: function(conn, *args, **kwargs))
 
     def submit(self, work):
         """Run ``work(conn)`` inside a committed transaction and return its result.
@@ -105,7 +119,6 @@ class GroupCommitWriter:
         return self._queue
 
     def _run(self, work_queue):
-        conn = None
         while True:
             batch = [work_queue.get()]
             while len(batch) < self.settings.max_batch:
@@ -113,25 +126,30 @@ class GroupCommitWriter:
                     batch.append(work_queue.get_nowait())
                 except queue.Empty:
                     break
-            try:
-                if conn is None:
-                    conn = db.connect_settings(self.settings)
-                with self._write_lock():
-                    self._commit(conn, batch)
-            except sqlite3.Error as error:
-                log.error("storage failed, answering 503 to %d request(s): %s", len(batch), error)
-                failure = StorageError(str(error))
-                for pending in batch:
-                    pending.result, pending.error = None, failure
-                conn = self._reset(conn)
-            except BaseException as error:  # a bug must not kill the writer or hang requests
-                log.exception("unexpected error in the writer")
-                failure = StorageError(f"internal error: {error!r}")
-                for pending in batch:
-                    pending.result, pending.error = None, failure
-                conn = self._reset(conn)
+            self.commit_batch(batch)
             for pending in batch:
                 pending.done.set()
+
+    def commit_batch(self, batch):
+        """Run a batch of pending writes in one synced transaction; set each one's outcome.
+
+        Called by one thread only (the writer thread, or the WriterServer's loop).
+        """
+        try:
+            if self._conn is None:
+                self._conn = db.connect_settings(self.settings)
+            self._commit(self._conn, batch)
+        except sqlite3.Error as error:
+            log.error("storage failed, answering 503 to %d request(s): %s", len(batch), error)
+            self._fail(batch, StorageError(str(error)))
+        except BaseException as error:  # a bug must not kill the writer or hang requests
+            log.exception("unexpected error in the writer")
+            self._fail(batch, StorageError(f"internal error: {error!r}"))
+
+    def _fail(self, batch, failure):
+        for pending in batch:
+            pending.result, pending.error = None, failure
+        self._conn = self._reset(self._conn)
 
     def _commit(self, conn, batch):
         conn.execute("BEGIN IMMEDIATE")
@@ -159,17 +177,9 @@ class GroupCommitWriter:
         self.batches += 1
         self.writes += len(batch)
 
-    def _write_lock(self):
-        """Serialise the worker processes' writers with a blocking file lock.
-
-        SQLite's own busy handler polls with sleeps of up to 100 ms, which shows up as latency
-        spikes when several processes write; a waiter on flock is woken the moment the lock
-        is released. Each writer holds it for one batch, while the others' batches grow.
-        """
-        if self._lock_file is None or self._lock_pid != os.getpid():
-            self._lock_file = open(f"{self.settings.db_path}.write-lock", "a+b")
-            self._lock_pid = os.getpid()
-        return _FileLock(self._lock_file)
+    def close(self):
+        """Close the writer's connection (by the thread that commits)."""
+        self._conn = self._reset(self._conn)
 
     @staticmethod
     def _reset(conn):
@@ -182,14 +192,211 @@ class GroupCommitWriter:
         return None
 
 
-class _FileLock:
-    """``with`` an exclusive flock on an open file."""
+# What a writer can be asked to do: store.<function>(conn, *args, **kwargs).
+OPERATIONS = {
+    "store_callback": store.store_callback,
+    "store_rejection": store.store_rejection,
+    "record_health": store.record_health,
+}
 
-    def __init__(self, file):
-        self.file = file
+_LENGTH = struct.Struct("!I")
 
-    def __enter__(self):
-        fcntl.flock(self.file.fileno(), fcntl.LOCK_EX)
 
-    def __exit__(self, *exc):
-        fcntl.flock(self.file.fileno(), fcntl.LOCK_UN)
+def _send_frame(sock, payload):
+    sock.sendall(_LENGTH.pack(len(payload)) + payload)
+
+
+def _recv_exactly(sock, size):
+    chunks, remaining = [], size
+    while remaining:
+        chunk = sock.recv(remaining)
+        if not chunk:
+            raise ConnectionError("writer connection closed")
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+def _recv_frame(sock):
+    (size,) = _LENGTH.unpack(_recv_exactly(sock, _LENGTH.size))
+    return _recv_exactly(sock, size)
+
+
+class WriterServer:
+    """The single writer for every worker process: a GroupCommitWriter behind a Unix socket.
+
+    The socket lives in a fresh private directory (mode 0700), so only this user can reach it
+    (the frames are pickles: never expose the socket to anyone else).
+    """
+
+    def __init__(self, settings):
+        self.writer = GroupCommitWriter(settings)
+        self.directory = tempfile.mkdtemp(prefix="receiver-writer-")
+        self.path = os.path.join(self.directory, "writer.sock")
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(self.path)
+        self.listener.listen(256)
+        self._closed = False
+
+    def start(self):
+        """Serve the workers from one background thread; returns self."""
+        self._thread = threading.Thread(target=self._loop, name="writer", daemon=True)
+        self._thread.start()
+        return self
+
+    def _loop(self):
+        """One thread: read every complete request that has arrived, commit them all as one
+        batch, answer each, repeat. No thread hand-offs, so no GIL contention."""
+        selector = selectors.DefaultSelector()
+        selector.register(self.listener, selectors.EVENT_READ)
+        buffers = {}
+        try:
+            while not self._closed:
+                self._serve_once(selector, buffers)
+        finally:
+            for conn in buffers:
+                conn.close()
+            selector.close()
+            self.writer.close()
+
+    def _serve_once(self, selector, buffers):
+        try:
+            events = selector.select(timeout=0.5)  # wakes now and then to notice close()
+        except OSError:
+            self._closed = True
+            return
+        batch = []
+        for key, _ in events:
+            if key.fileobj is self.listener:
+                try:
+                    conn, _ = self.listener.accept()
+                except OSError:
+                    continue
+                selector.register(conn, selectors.EVENT_READ)
+                buffers[conn] = bytearray()
+                continue
+            conn = key.fileobj
+            try:
+                data = conn.recv(1 << 20)
+            except OSError:
+                data = b""
+            if not data:
+                selector.unregister(conn)
+                buffers.pop(conn, None)
+                conn.close()
+                continue
+            buffer = buffers[conn]
+            buffer += data
+            while len(buffer) >= _LENGTH.size:
+                (size,) = _LENGTH.unpack_from(buffer)
+                if len(buffer) < _LENGTH.size + size:
+                    break
+                frame = bytes(buffer[_LENGTH.size:_LENGTH.size + size])
+                del buffer[:_LENGTH.size + size]
+                batch.append((conn, self._pending(frame)))
+        if batch:
+            self._commit_and_answer(batch)
+
+    def _pending(self, frame):
+        """A worker's request frame -> a pending write (or one already failed)."""
+        try:
+            operation, args, kwargs = pickle.loads(frame)
+            function = OPERATIONS[operation]
+            pending = _Pending(lambda conn: function(conn, *args, **kwargs))
+        except Exception as error:  # noqa: BLE001 - a bad frame fails alone
+            pending = _Pending(None)
+            pending.error = StorageError(f"bad request to the writer: {error!r}")
+        return pending
+
+    def _commit_and_answer(self, batch):
+        runnable = [pending for _, pending in batch if pending.work is not None]
+        for start in range(0, len(runnable), self.writer.settings.max_batch):
+            self.writer.commit_batch(runnable[start:start + self.writer.settings.max_batch])
+        for conn, pending in batch:
+            if pending.error is None:
+                reply = ("ok", pending.result)
+            elif isinstance(pending.error, WriteFailed):
+                reply = ("write_failed", str(pending.error))
+            else:
+                reply = ("storage_error", str(pending.error))
+            try:
+                _send_frame(conn, pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
+            except OSError:
+                pass  # the worker is gone; the selector drops its connection
+
+    def close_in_child(self):
+        """In a forked worker: drop the inherited listening socket (the master keeps it)."""
+        self.listener.close()
+
+    def close(self):
+        """In the master, at exit: stop serving and remove the socket."""
+        self._closed = True
+        if getattr(self, "_thread", None) is not None:
+            self._thread.join(2)
+        self.listener.close()
+        for path in (self.path, self.directory):
+            try:
+                (os.unlink if path == self.path else os.rmdir)(path)
+            except OSError:
+                pass
+
+
+class RemoteWriter:
+    """A worker's handle on the master's WriterServer (one connection per thread)."""
+
+    def __init__(self, settings, path):
+        self.settings = settings
+        self.path = path
+        self._local = threading.local()
+
+    def _connection(self):
+        conn = getattr(self._local, "conn", None)
+        if conn is None or self._local.pid != os.getpid():
+            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            conn.settimeout(self.settings.commit_timeout_s)
+            try:
+                conn.connect(self.path)
+            except OSError:
+                conn.close()
+                raise
+            self._local.conn, self._local.pid = conn, os.getpid()
+        return conn
+
+    def close(self):
+        """Close this thread's connection to the writer."""
+        self._drop()
+
+    def _drop(self):
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            conn.close()
+
+    def run(self, operation, *args, **kwargs):
+        """Have the master's writer run ``operation``; raise StorageError if it cannot."""
+        frame = pickle.dumps((operation, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            conn = self._connection()
+            _send_frame(conn, frame)
+            status, value = pickle.loads(_recv_frame(conn))
+        except (OSError, ConnectionError) as error:
+            # A reply may still come for this request: never reuse the connection.
+            self._drop()
+            raise StorageError(f"writer unreachable: {error!r}") from None
+        if status == "ok":
+            return value
+        if status == "write_failed":
+            raise WriteFailed(value)
+        raise StorageError(value)
+
+
+def writer_for(settings, environ=os.environ):
+    """The writer this process should use: the master's, when gunicorn started one."""
+    path = environ.get(SOCKET_VARIABLE)
+    if path:
+        return RemoteWriter(settings, path)
+    return GroupCommitWriter(settings)
+
+
+# Set by the gunicorn master for its workers; not a user setting.
+SOCKET_VARIABLE = "RECEIVER_WRITER_SOCKET"
