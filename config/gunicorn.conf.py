@@ -13,10 +13,11 @@ bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
 
 # Sync workers (one request at a time each, no thread contention for the GIL) hand their
 # writes to one group-commit writer in the master (receiver/writer.py), so one synced commit
-# serves every worker's request in flight. More workers than cores: a worker waiting for its
-# commit leaves its core to the others.
+# serves every worker's request in flight. Many more workers than cores: a worker waiting for
+# its commit leaves its core to the others, and more requests in flight make bigger batches
+# (measured on 2 cores: 5 workers 903 req/s, 9 workers 1,103, 12 workers 1,091).
 worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "sync")
-workers = int(os.environ.get("WEB_CONCURRENCY", 2 * multiprocessing.cpu_count() + 1))
+workers = int(os.environ.get("WEB_CONCURRENCY", 4 * multiprocessing.cpu_count() + 1))
 threads = int(os.environ.get("GUNICORN_THREADS", "1"))
 
 # Vonage gives up on a response after 15 s; a worker stuck longer than 30 s is restarted.
