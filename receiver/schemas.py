@@ -120,8 +120,17 @@ class Endpoint(Base):
     number = fields.String(validate=validate.Length(min=1, max=50))
 
 
+class ErrorCode(fields.Integer):
+    """An integer error code; 1300.0 is the JSON number 1300 too (strings and 1300.5 are not)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
 class Error(Base):
-    code = fields.Integer(strict=True, validate=ERROR_CODE_RANGE)
+    code = ErrorCode(strict=True, validate=ERROR_CODE_RANGE)
     reason = fields.String(validate=validate.Length(max=1000))
 
 
