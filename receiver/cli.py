@@ -228,9 +228,8 @@ def _progress(length, label):
 
 
 def _open_output(path):
-    # newline="" so the csv module's CRLF line ends are written as they are.
-    return open(path, "w", encoding="utf-8", newline="") if path else \
-        click.get_text_stream("stdout")
+    """The output file, or standard output for none (click does not close stdout)."""
+    return click.open_file(path or "-", "w", encoding="utf-8")
 
 
 @cli.group()

@@ -86,7 +86,9 @@ def workflow(rng, start):
             link = {"workflow": {"dispatch_uuid": dispatch_uuid,
                                  "href": f"/workflows/{dispatch_uuid}"}}
 
-        def status_body(status, at, usage=False, error=None):
+        # Defaults bind this step's values: a late leg's body is built after the loop moved on.
+        def status_body(status, at, usage=False, error=None, message_uuid=message_uuid, to=to,
+                        sender=sender, price=price, link=link):
             body = {"message_uuid": message_uuid, "to": to, "from": sender,
                     "timestamp": _iso(at), "status": status, "_links": link}
             if usage:
