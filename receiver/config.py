@@ -35,6 +35,8 @@ class Settings:
     # A token's iat may be this old (Vonage retries for 24 h) or this far in the future.
     signature_max_age_s: int = 25 * 3600
     signature_max_skew_s: int = 300
+    # "user:password" for HTTP Basic auth on the webhook routes (instead of signatures).
+    basic_auth: str = ""
 
 
 # Setting name -> (environment variable, parser)
@@ -55,9 +57,10 @@ ENVIRONMENT = {
     "signature_secrets": ("VONAGE_SIGNATURE_SECRETS", str),
     "signature_max_age_s": ("VONAGE_SIGNATURE_MAX_AGE_S", int),
     "signature_max_skew_s": ("VONAGE_SIGNATURE_MAX_SKEW_S", int),
+    "basic_auth": ("RECEIVER_BASIC_AUTH", str),
 }
 
-SECRET_SETTINGS = ("signature_secret", "signature_secrets", "datasette_password_hash")
+SECRET_SETTINGS = ("signature_secret", "signature_secrets", "datasette_password_hash", "basic_auth")
 
 SYNCHRONOUS_MODES = ("FULL", "NORMAL", "EXTRA")
 
@@ -79,6 +82,13 @@ def load_settings(environ=None, **overrides):
         raise ValueError(
             f"RECEIVER_SYNCHRONOUS must be one of {', '.join(SYNCHRONOUS_MODES)}, "
             f"not {settings.synchronous!r}"
+        )
+    if settings.basic_auth and ":" not in settings.basic_auth:
+        raise ValueError("RECEIVER_BASIC_AUTH must be user:password")
+    if settings.basic_auth and (settings.signature_secret or settings.signature_secrets):
+        raise ValueError(
+            "RECEIVER_BASIC_AUTH and VONAGE_SIGNATURE_SECRET(S) both need the Authorization "
+            "header (Basic credentials vs Vonage's Bearer token): set one of them"
         )
     if settings.max_body_bytes <= 0:
         raise ValueError("RECEIVER_MAX_BODY_BYTES must be positive")

@@ -7,6 +7,7 @@ from flask import Blueprint, current_app, jsonify, request
 
 from . import store
 from .openapi import document as openapi_document
+from .signatures import BASIC_REASONS
 from .callbacks import ENDPOINT_KINDS, Rejection, parse
 from .writer import StorageError, WriteFailed
 
@@ -62,6 +63,8 @@ def _reject(rejection, delivery, **extra):
     body["rejected_id"] = rejected_id
     response = jsonify(body)
     response.status_code = rejection.http_status
+    if rejection.reason in BASIC_REASONS:
+        response.headers["WWW-Authenticate"] = 'Basic realm="dispatch-receiver"'
     return response
 
 

@@ -142,6 +142,25 @@ def _number_between(value, now, claim):
     return value > now if claim == "exp" else value <= now
 
 
+BASIC_REASONS = ("missing_basic_auth", "bad_basic_auth")
+
+
+def check_basic(authorization, expected):
+    """HTTP Basic credentials against ``expected`` (b"user:password"), in constant time."""
+    scheme, _, encoded = (authorization or "").partition(" ")
+    if scheme.lower() != "basic" or not encoded.strip():
+        raise Rejection(401, "missing_basic_auth", "HTTP Basic credentials are required.",
+                        {"Authorization": ["Missing 'Basic <credentials>'."]})
+    try:
+        given = base64.b64decode(encoded.strip(), validate=True)
+    except (ValueError, binascii.Error):
+        given = b""
+    if not hmac.compare_digest(given, expected):
+        raise Rejection(401, "bad_basic_auth", "The HTTP Basic credentials are wrong.",
+                        {"Authorization": ["Wrong user or password."]})
+    return Signature("basic_auth")
+
+
 def _text(value):
     return None if value is None else str(value)[:200]
 
@@ -150,6 +169,7 @@ class Verifier:
     """The receiver's signature policy, built once from the settings."""
 
     def __init__(self, settings):
+        self.basic = settings.basic_auth.encode("utf-8") if settings.basic_auth else b""
         self.secrets = parse_secrets(settings.signature_secret, settings.signature_secrets)
         self.max_age_s = settings.signature_max_age_s
         self.max_skew_s = settings.signature_max_skew_s
@@ -164,6 +184,8 @@ class Verifier:
         With no secret configured nothing is checked: the result says so (``unsigned``, or
         ``not_checked`` when a token came that could not be checked).
         """
+        if self.basic:
+            return check_basic(authorization, self.basic)
         if not self.enabled:
             return Signature("not_checked") if authorization else UNSIGNED
         return verify(authorization, body, self.secrets, now=now,
@@ -171,6 +193,9 @@ class Verifier:
 
     def describe(self):
         """A start-up log line saying what is checked."""
+        if self.basic:
+            return ("HTTP Basic auth required on the webhook routes (RECEIVER_BASIC_AUTH); "
+                    "Vonage signatures are not checked")
         if not self.enabled:
             return ("signatures NOT checked: no VONAGE_SIGNATURE_SECRET set; anyone who knows "
                     "the URL can post callbacks, each stored as unsigned")

@@ -661,3 +661,56 @@ def test_reprocess_with_fixed_secret_stores_genuine_and_keeps_refusing_the_rest(
         assert json.loads(row["reprocess_result"])["reason"] == reason
     assert count(db_path, "callbacks") == 2
     assert count(db_path, "status_events") == 2
+
+
+# --- HTTP Basic auth (RECEIVER_BASIC_AUTH), for deployments that use it instead -------------
+
+def basic(credentials):
+    import base64 as b64
+
+    return "Basic " + b64.b64encode(credentials.encode()).decode()
+
+
+@pytest.mark.parametrize("authorization, reason", [
+    (None, "missing_basic_auth"),
+    ("Bearer x.y.z", "missing_basic_auth"),
+    (basic("vonage:wrong"), "bad_basic_auth"),
+    (basic("vonage:s3cret:"), "bad_basic_auth"),
+    ("Basic !!!not-base64", "bad_basic_auth"),
+])
+def test_basic_auth_refuses_missing_or_wrong_credentials(tmp_path, authorization, reason):
+    from receiver.db import init_db as make_db
+
+    path = tmp_path / "events.db"
+    make_db(str(path))
+    client = create_app({"db_path": str(path), "basic_auth": "vonage:s3cret"}).test_client()
+    headers = {"Authorization": authorization} if authorization else {}
+    response = client.post("/webhooks/vonage", data=payloads.dumps(payloads.status()), headers=headers,
+                           content_type="application/json")
+    assert response.status_code == 401
+    assert response.get_json()["reason"] == reason
+    assert response.headers["WWW-Authenticate"].startswith("Basic")
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT reason FROM rejected_callbacks").fetchall() == [(reason,)]
+        assert conn.execute("SELECT count(*) FROM callbacks").fetchone() == (0,)
+
+
+def test_basic_auth_accepts_the_right_credentials(tmp_path):
+    from receiver.db import init_db as make_db
+
+    path = tmp_path / "events.db"
+    make_db(str(path))
+    client = create_app({"db_path": str(path), "basic_auth": "vonage:s3cret"}).test_client()
+    response = client.post("/webhooks/vonage", data=payloads.dumps(payloads.status()),
+                           headers={"Authorization": basic("vonage:s3cret")},
+                           content_type="application/json")
+    assert response.status_code == 200
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT signature_status FROM callbacks").fetchall() == [("basic_auth",)]
+
+
+def test_basic_auth_and_signatures_cannot_both_be_set():
+    from receiver.config import load_settings as settings_from
+
+    with pytest.raises(ValueError, match="Authorization"):
+        settings_from(basic_auth="a:b", signature_secret="x" * 32)
