@@ -252,7 +252,10 @@ class WriterServer:
         buffers = {}
         try:
             while not self._closed:
-                self._serve_once(selector, buffers)
+                try:
+                    self._serve_once(selector, buffers)
+                except Exception:  # noqa: BLE001 - the writer must outlive any one bug
+                    log.exception("writer loop error; serving on")
         finally:
             for conn in buffers:
                 conn.close()
