@@ -28,10 +28,6 @@ from . import db, store
 log = logging.getLogger("receiver.writer")
 
 
-# How often the checkpoint thread copies the WAL into the database file.
-CHECKPOINT_INTERVAL_S = 0.5
-
-
 class StorageError(Exception):
     """The write could not be committed (locked, disk full, read-only...); answer 503."""
 
@@ -79,15 +75,12 @@ class _Pending:
 class GroupCommitWriter:
     """Serialises this process's writes through one connection, committing them in batches."""
 
-    def __init__(self, settings, background_checkpoints=False):
+    def __init__(self, settings):
         self.settings = settings
-        self.background_checkpoints = background_checkpoints
         self._lock = threading.Lock()
         self._pid = None
         self._queue = None
         self._conn = None
-        self._checkpointer_pid = None
-        self._stopped = threading.Event()
         self.batches = 0
         self.writes = 0
 
@@ -145,10 +138,6 @@ class GroupCommitWriter:
         try:
             if self._conn is None:
                 self._conn = db.connect_settings(self.settings)
-                if self.background_checkpoints:
-                    # Checkpoints run beside the writer, not inside its commits (_checkpoints).
-                    self._conn.execute("PRAGMA wal_autocheckpoint = 0")
-                    self._start_checkpoints()
             self._commit(self._conn, batch)
         except sqlite3.Error as error:
             log.error("storage failed, answering 503 to %d request(s): %s", len(batch), error)
@@ -156,29 +145,6 @@ class GroupCommitWriter:
         except BaseException as error:  # a bug must not kill the writer or hang requests
             log.exception("unexpected error in the writer")
             self._fail(batch, StorageError(f"internal error: {error!r}"))
-
-    def _start_checkpoints(self):
-        if self._checkpointer_pid != os.getpid():
-            self._checkpointer_pid = os.getpid()
-            threading.Thread(target=self._checkpoints, name="checkpoint", daemon=True).start()
-
-    def _checkpoints(self):
-        """Copy the WAL back into the database file from a connection of its own.
-
-        With SQLite's automatic checkpoint, every thousandth page makes one commit (and all the
-        requests waiting on it) also copy the WAL and sync the database file. A PASSIVE
-        checkpoint here does that work beside the writer without blocking it.
-        """
-        conn = None
-        while not self._stopped.wait(CHECKPOINT_INTERVAL_S):
-            try:
-                if conn is None:
-                    conn = db.connect_settings(self.settings)
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            except sqlite3.Error as error:
-                log.warning("checkpoint failed (retrying): %s", error)
-                conn = self._reset(conn)
-        self._reset(conn)
 
     def _fail(self, batch, failure):
         for pending in batch:
@@ -212,8 +178,7 @@ class GroupCommitWriter:
         self.writes += len(batch)
 
     def close(self):
-        """Close the writer's connection (by the thread that commits); stop checkpoints."""
-        self._stopped.set()
+        """Close the writer's connection (by the thread that commits)."""
         self._conn = self._reset(self._conn)
 
     @staticmethod
@@ -265,7 +230,7 @@ class WriterServer:
     """
 
     def __init__(self, settings):
-        self.writer = GroupCommitWriter(settings, background_checkpoints=True)
+        self.writer = GroupCommitWriter(settings)
         self.directory = tempfile.mkdtemp(prefix="receiver-writer-")
         self.path = os.path.join(self.directory, "writer.sock")
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -91,23 +91,3 @@ def test_an_unreachable_writer_is_a_storage_error(tmp_path):
     remote = RemoteWriter(load_settings(db_path="unused"), str(tmp_path / "nothing.sock"))
     with pytest.raises(StorageError, match="unreachable"):
         remote.run("record_health", 1)
-
-
-def test_the_wal_is_copied_into_the_database_beside_the_writer(server, db_path):
-    """The writer turns SQLite's automatic checkpoint off (it would stall a commit and every
-    request waiting on it); a thread of its own copies the WAL into the database file."""
-    import os
-    import time
-
-    before = os.path.getsize(db_path)
-    remote = client(server)
-    for i in range(300):
-        body = dumps(status(f"m-{i}", f"d-{i}", price="0.01"))
-        remote.run("store_callback", parse(body), delivery(body))
-    remote.close()
-    with sqlite3.connect(db_path) as conn:
-        assert conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (1000,)  # others: default
-    deadline = time.monotonic() + 5
-    while os.path.getsize(db_path) <= before and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert os.path.getsize(db_path) > before
