@@ -886,9 +886,11 @@ def main(argv=None):
     if load[0] > 0.5:
         print(f"warning: load average {load[0]:.2f} before the start: something else is running; "
               f"the figures will be lower and noisier than on a quiet machine")
-    workers = int(os.environ.get("WEB_CONCURRENCY") or os.cpu_count())
-    gthreads = int(os.environ.get("GUNICORN_THREADS", "16"))
-    print(f"gunicorn: -c {GUNICORN_CONFIG} (gthread, {workers} workers x {gthreads} threads, "
+    # What the production config resolves to in this environment (read, not assumed).
+    config = {}
+    exec(compile((REPO / GUNICORN_CONFIG).read_text(), GUNICORN_CONFIG, "exec"), config)
+    workers, gthreads, worker_class = config["workers"], config["threads"], config["worker_class"]
+    print(f"gunicorn: -c {GUNICORN_CONFIG} ({worker_class}, {workers} workers x {gthreads} thread(s), "
           f"access log off), databases on {machine['db_filesystem']} under {args.db_dir}")
     print(f"load: wrk on 127.0.0.1, {args.threads} threads, POST {TARGET_PATH}, "
           f"{'unsigned' if args.unsigned else 'signed (HS256 JWT)'} callbacks; "
@@ -994,6 +996,7 @@ def main(argv=None):
                      "bodies": args.soak or args.bodies, "seed": args.seed,
                      "signed": not args.unsigned, "soak": args.soak,
                      "gunicorn_workers": workers, "gunicorn_threads": gthreads,
+                     "gunicorn_worker_class": worker_class,
                      "repeat": args.repeat,
                      "body_mix": dict(next(iter(bodies["main"].values())).mix)},
         "summary": summary,
