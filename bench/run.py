@@ -225,11 +225,12 @@ class Server:
         return children(self.proc.pid) if self.proc else []
 
     def rss(self):
-        """{worker pid: VmRSS KiB}."""
-        return {pid: rss_kib(pid) for pid in self.workers()}
+        """{pid: VmRSS KiB} of the master (the receiver's writer lives there) and the workers."""
+        return {pid: rss_kib(pid) for pid in [self.proc.pid, *self.workers()]}
 
     def cpu(self):
-        return sum(cpu_seconds(pid) for pid in self.workers())
+        """CPU seconds of the master (which runs the receiver's writer) and its workers."""
+        return cpu_seconds(self.proc.pid) + sum(cpu_seconds(pid) for pid in self.workers())
 
     def stop(self, timeout=40):
         """SIGTERM (graceful: in-flight requests finish), SIGKILL of its group if it hangs."""
@@ -956,7 +957,7 @@ def main(argv=None):
         print(f"  c{connections}: " + "; ".join(parts))
     for r in records:
         cpu = r["cpu"]
-        print(f"  cpu {r['label']}: workers {cpu['workers_s']} s ({cpu['worker_ms_per_request']} ms/request), "
+        print(f"  cpu {r['label']}: gunicorn (master + workers) {cpu['workers_s']} s ({cpu['worker_ms_per_request']} ms/request), "
               f"wrk {cpu['wrk_s']} s, machine busy {cpu['machine_busy_pct']} %, "
               f"other processes {cpu['other_processes_cores']} cores"
               + (f", steal {cpu['steal_pct']} %" if cpu.get("steal_pct") else "")
