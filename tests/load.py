@@ -58,6 +58,13 @@ def children(pid):
     return sorted(found)
 
 
+def _cmdline(pid):
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:120]
+    except OSError:
+        return "?"
+
+
 def group_members(pgid):
     """Live (not zombie) pids in process group ``pgid``.
 
@@ -195,8 +202,12 @@ class Gunicorn:
         self.popen.wait(timeout=timeout)
         self._wait_group_gone(pgid, timeout)
 
-    def stop(self, grace=10.0):
-        """SIGTERM the group, SIGKILL what is left after ``grace`` s. Returns problems found."""
+    def stop(self, grace=25.0):
+        """SIGTERM the group, SIGKILL what is left after ``grace`` s. Returns problems found.
+
+        The grace exceeds config/gunicorn.conf.py's graceful_timeout (20 s), the time gunicorn
+        itself gives workers to finish their requests on SIGTERM.
+        """
         if self.popen is None:
             return []
         pgid = self.master
@@ -214,7 +225,8 @@ class Gunicorn:
             while group_members(pgid) and time.monotonic() < deadline:
                 time.sleep(0.05)
         if self.popen.poll() is None or group_members(pgid):
-            problems.append(f"gunicorn group {pgid} still running {grace} s after SIGTERM")
+            left = [f"{pid}: {_cmdline(pid)}" for pid in group_members(pgid)]
+            problems.append(f"gunicorn group {pgid} still running {grace} s after SIGTERM: {left}")
             try:
                 os.killpg(pgid, signal.SIGKILL)
             except ProcessLookupError:
