@@ -491,7 +491,8 @@ def one_run(app_name, connections, args, bodies, out_dir, env_extra, label=None,
         warm = run_wrk(server.url, bodies["warm"][threads].prefix, connections, threads,
                        args.warmup, run_dir / "wrk-warmup.log")
         rss_start = server.rss()
-        perf = _start_perf(server.workers(), run_dir) if app_name == "receiver" and args.perf else None
+        perf = (_start_perf([server.proc.pid, *server.workers()], run_dir)
+                if app_name == "receiver" and args.perf else None)
         sampler = Sampler(server, args.rss_interval)
         sampler.start()
         cpu_before, machine_before = server.cpu(), machine_cpu()
@@ -569,7 +570,7 @@ def one_run(app_name, connections, args, bodies, out_dir, env_extra, label=None,
 
 
 def _start_perf(pids, run_dir):
-    """Count fsync/fdatasync syscalls of the workers (≈ commits) with perf, if it works."""
+    """Count fsync/fdatasync syscalls of the master (the writer) and workers (≈ commits) with perf."""
     if not shutil.which("perf") or not pids:
         return None
     out = run_dir / "perf-syncs.txt"
