@@ -37,8 +37,7 @@ class Delivery:
     @property
     def received_epoch(self):
         """``received_at`` as Unix seconds."""
-        return datetime.strptime(self.received_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
-            tzinfo=timezone.utc).timestamp()
+        return datetime.fromisoformat(self.received_at).timestamp()  # 'Z' is UTC (3.11+)
 
     @property
     def sha256(self):

@@ -86,8 +86,7 @@ class GroupCommitWriter:
 
     def run(self, operation, *args, **kwargs):
         """Run the store operation named ``operation`` (see OPERATIONS) and return its result."""
-        function = OPERATIONS[operation]
-        return self.submit(lambda conn: function(conn, *args, **kwargs))
+        return self.submit(work(operation, args, kwargs))
 
     def submit(self, work):
         """Run ``work(conn)`` inside a committed transaction and return its result.
@@ -199,6 +198,14 @@ OPERATIONS = {
     "record_health": store.record_health,
 }
 
+
+
+def work(operation, args, kwargs):
+    """The write ``operation`` names, as a function of a connection (KeyError if unknown)."""
+    function = OPERATIONS[operation]
+    return lambda conn: function(conn, *args, **kwargs)
+
+
 _LENGTH = struct.Struct("!I")
 
 
@@ -303,9 +310,7 @@ class WriterServer:
     def _pending(self, frame):
         """A worker's request frame -> a pending write (or one already failed)."""
         try:
-            operation, args, kwargs = pickle.loads(frame)
-            function = OPERATIONS[operation]
-            pending = _Pending(lambda conn: function(conn, *args, **kwargs))
+            pending = _Pending(work(*pickle.loads(frame)))
         except Exception as error:  # noqa: BLE001 - a bad frame fails alone
             pending = _Pending(None)
             pending.error = StorageError(f"bad request to the writer: {error!r}")
