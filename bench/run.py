@@ -44,7 +44,8 @@ sys.path.insert(0, str(BENCH))
 import make_bodies  # noqa: E402
 
 GUNICORN_CONFIG = "config/gunicorn.conf.py"
-APPS = {"receiver": "receiver.wsgi:app", "no-op": "bench.noop_app:app"}
+APPS = {"receiver": "receiver.wsgi:app", "no-op": "bench.noop_app:app",
+        "validate-only": "bench.validate_app:app"}
 TARGET_PATH = "/webhooks/vonage"
 WRK_TIMEOUT = "15s"  # Vonage gives up on a response after 15 s
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -704,7 +705,7 @@ def _mib(kib):
 
 def print_table(records):
     rounds = any(r.get("repeat", 1) > 1 for r in records)
-    head = (f"{'conns':>5}  {'app':<10} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'non-2xx':>7} "
+    head = (f"{'conns':>5}  {'app':<15} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'non-2xx':>7} "
             f"{'errors':>6} {'ratio':>6}  {'stored/acked':>15}  {'RSS MiB boot→end (peak)':<24} "
             f"{'reqs/sync':>9}")
     print(head)
@@ -717,7 +718,7 @@ def print_table(records):
         ratio = f"{r['ratio']:.2f}" if r.get("ratio") is not None else ""
         syncs = r.get("syncs", {}).get("requests_per_sync", "")
         app = r["app"] + (f"#{r['repeat']}" if rounds else "")
-        print(f"{r['connections']:>5}  {app:<10} {r['rps']:>8.0f} {r['latency_ms']['p50']:>7.2f} "
+        print(f"{r['connections']:>5}  {app:<15} {r['rps']:>8.0f} {r['latency_ms']['p50']:>7.2f} "
               f"{r['latency_ms']['p99']:>7.2f} {r['non_2xx']:>7} {r['request_errors']:>6} {ratio:>6}  "
               f"{stored:>15}  {_mib(rss['boot']) + '→' + _mib(rss['end']) + ' (' + _mib(rss['peak']) + ')':<24} "
               f"{syncs:>9}")
@@ -768,6 +769,10 @@ def parse_args(argv=None):
     parser.add_argument("--unsigned", action="store_true",
                         help="send unsigned callbacks and run without VONAGE_SIGNATURE_SECRET "
                              "(default: signed like Vonage, the secret set for both apps)")
+    parser.add_argument("--validate-only", action="store_true",
+                        help="also run bench/validate_app.py: the receiver's signature check and "
+                             "marshmallow validation without any storage, under the same config; "
+                             "its ratio to the no-op bounds what any storage design can reach")
     parser.add_argument("--soak", type=int, metavar="N",
                         help="soak mode: one receiver run per concurrency posting N bodies, each "
                              "once, with RSS sampled throughout (e.g. --soak 1000000)")
@@ -832,8 +837,10 @@ def run_pair(apps, connections, repeat, args, bodies, out_dir, env_extra):
               f"errors {record['request_errors']}, check {'OK' if record['check']['ok'] else 'FAILED'}",
               flush=True)
     if "no-op" in by_app:
-        by_app["receiver"]["ratio"] = round(by_app["receiver"]["rps"] / by_app["no-op"]["rps"], 3)
-    return [by_app[a] for a in ("receiver", "no-op") if a in by_app]
+        for name in ("receiver", "validate-only"):
+            if name in by_app:
+                by_app[name]["ratio"] = round(by_app[name]["rps"] / by_app["no-op"]["rps"], 3)
+    return [by_app[a] for a in ("receiver", "validate-only", "no-op") if a in by_app]
 
 
 def summary_by_concurrency(records):
@@ -848,10 +855,13 @@ def summary_by_concurrency(records):
                 entry[app] = {"rps": _median([r["rps"] for r in mine]),
                               "p50_ms": _median([r["latency_ms"]["p50"] for r in mine]),
                               "p99_ms": _median([r["latency_ms"]["p99"] for r in mine])}
-        ratios = [r["ratio"] for r in runs if r.get("ratio") is not None]
+        ratios = [r["ratio"] for r in runs if r["app"] == "receiver" and r.get("ratio") is not None]
         if ratios:
             entry["ratio"] = _median(ratios)
             entry["ratios"] = ratios
+        bounds = [r["ratio"] for r in runs if r["app"] == "validate-only" and r.get("ratio") is not None]
+        if bounds:
+            entry["validate_only_ratio"] = _median(bounds)
         summary[connections] = entry
     return summary
 
@@ -911,7 +921,8 @@ def main(argv=None):
                 print(f"concurrency {connections}" + (f", round {repeat}" if args.repeat > 1 else "")
                       + ":", flush=True)
                 # Alternate which app goes first, so that drift of the machine hits both alike.
-                apps = ["receiver"] if args.soak else ["receiver", "no-op"][:: 1 if repeat % 2 else -1]
+                apps = ["receiver", "validate-only"] if args.validate_only else ["receiver"]
+                apps = ["receiver"] if args.soak else (apps + ["no-op"])[:: 1 if repeat % 2 else -1]
                 records += run_pair(apps, connections, repeat, args, bodies, out_dir, env_extra)
         profile_record = None
         if args.profile and not args.soak:
@@ -947,6 +958,8 @@ def main(argv=None):
             parts.append(f"throughput ratio {ratio:.2f} {'≥' if ratio >= 0.60 else '<'} 0.60"
                          + (f" (rounds: {', '.join(f'{x:.2f}' for x in entry['ratios'])})"
                             if len(entry["ratios"]) > 1 else ""))
+        if "validate_only_ratio" in entry:
+            parts.append(f"validation alone (no storage) {entry['validate_only_ratio']:.2f}")
         p99 = entry["receiver"]["p99_ms"]
         if connections == 16:
             parts.append(f"p99 {p99} ms {'≤' if p99 <= 30 else '>'} 30 ms")

@@ -1,5 +1,6 @@
 """The webhook endpoints and the health check."""
 
+import json
 import logging
 import os
 
@@ -97,11 +98,15 @@ def receive():
                                  {"_body": [str(error)]}), delivery)
     except StorageError as error:
         return _unavailable(error)
-    return jsonify(
-        status="duplicate" if stored.duplicate else "stored",
-        kind=stored.kind,
-        callback_id=stored.callback_id,
-        delivery_count=stored.delivery_count,
+    # The hot path's answer, built directly (jsonify costs twice as much).
+    return current_app.response_class(
+        json.dumps({
+            "status": "duplicate" if stored.duplicate else "stored",
+            "kind": stored.kind,
+            "callback_id": stored.callback_id,
+            "delivery_count": stored.delivery_count,
+        }, separators=(",", ":")) + "\n",
+        mimetype="application/json",
     )
 
 

@@ -105,7 +105,7 @@ def verify(authorization, body, secrets, *, now, max_age_s, max_skew_s):
         raise _refuse("unknown_api_key", f"No signature secret configured for api_key {api_key!r}.")
     signed = f"{header_segment}.{payload_segment}".encode("ascii")
     if not any(
-        hmac.compare_digest(hmac.new(secret.encode(), signed, hashlib.sha256).digest(), signature)
+        hmac.compare_digest(hmac.digest(secret.encode(), signed, "sha256"), signature)
         for secret in candidates
     ):
         raise _refuse("bad_signature", "The token's signature does not verify with the secret.")

@@ -12,6 +12,7 @@ processes and a page cache that stays warm. Without that socket (the Flask test 
 single process) the app uses an in-process ``GroupCommitWriter`` thread.
 """
 
+import dataclasses
 import logging
 import os
 import pickle
@@ -24,6 +25,8 @@ import tempfile
 import threading
 
 from . import db, store
+from .callbacks import Callback
+from .signatures import Signature
 
 log = logging.getLogger("receiver.writer")
 
@@ -65,9 +68,9 @@ def is_database_failure(error):
 class _Pending:
     __slots__ = ("work", "done", "result", "error")
 
-    def __init__(self, work):
+    def __init__(self, work, done=None):
         self.work = work
-        self.done = threading.Event()
+        self.done = done  # an Event for a waiting thread; the WriterServer answers sockets
         self.result = None
         self.error = None
 
@@ -93,7 +96,7 @@ class GroupCommitWriter:
 
         Raises StorageError when the transaction could not be committed in time.
         """
-        pending = _Pending(work)
+        pending = _Pending(work, threading.Event())
         self._ensure_started().put(pending)
         if not pending.done.wait(self.settings.commit_timeout_s):
             raise StorageError(
@@ -199,11 +202,45 @@ OPERATIONS = {
 }
 
 
-
 def work(operation, args, kwargs):
     """The write ``operation`` names, as a function of a connection (KeyError if unknown)."""
     function = OPERATIONS[operation]
     return lambda conn: function(conn, *args, **kwargs)
+
+
+# Frames between workers and the writer are pickles of plain tuples: the dataclasses a write
+# takes travel as (tag, field values) and are rebuilt on the other side, which costs a third
+# of pickling the objects themselves (measured: 10 us against 27 us per status callback).
+_FLAT = {cls: (tag, tuple(f.name for f in dataclasses.fields(cls)))
+         for tag, cls in (("D", store.Delivery), ("S", Signature), ("C", Callback),
+                          ("R", store.Stored))}
+_BY_TAG = {tag: cls for cls, (tag, _) in _FLAT.items()}
+
+
+def _flatten(value):
+    flat = _FLAT.get(type(value))
+    if flat is None:
+        return value
+    tag, names = flat
+    return (tag, tuple([getattr(value, name) for name in names]))
+
+
+def _rebuild(value):
+    if type(value) is tuple and len(value) == 2 and type(value[0]) is str and value[0] in _BY_TAG:
+        return _BY_TAG[value[0]](*value[1])
+    return value
+
+
+def encode_request(operation, args, kwargs):
+    """A worker's request to the writer as frame bytes."""
+    return pickle.dumps((operation, tuple([_flatten(a) for a in args]), kwargs),
+                        protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def decode_request(frame):
+    """Frame bytes -> the write they ask for (raises on anything malformed)."""
+    operation, args, kwargs = pickle.loads(frame)
+    return work(operation, tuple([_rebuild(a) for a in args]), kwargs)
 
 
 _LENGTH = struct.Struct("!I")
@@ -225,8 +262,16 @@ def _recv_exactly(sock, size):
 
 
 def _recv_frame(sock):
-    (size,) = _LENGTH.unpack(_recv_exactly(sock, _LENGTH.size))
-    return _recv_exactly(sock, size)
+    head = sock.recv(4096)  # a reply is a few dozen bytes: one recv holds it whole
+    if len(head) < _LENGTH.size:
+        if not head:
+            raise ConnectionError("writer connection closed")
+        head += _recv_exactly(sock, _LENGTH.size - len(head))
+    (size,) = _LENGTH.unpack_from(head)
+    body = head[_LENGTH.size:]
+    if len(body) < size:
+        body += _recv_exactly(sock, size - len(body))
+    return body
 
 
 class WriterServer:
@@ -310,7 +355,7 @@ class WriterServer:
     def _pending(self, frame):
         """A worker's request frame -> a pending write (or one already failed)."""
         try:
-            pending = _Pending(work(*pickle.loads(frame)))
+            pending = _Pending(decode_request(frame))
         except Exception as error:  # noqa: BLE001 - a bad frame fails alone
             pending = _Pending(None)
             pending.error = StorageError(f"bad request to the writer: {error!r}")
@@ -322,7 +367,7 @@ class WriterServer:
             self.writer.commit_batch(runnable[start:start + self.writer.settings.max_batch])
         for conn, pending in batch:
             if pending.error is None:
-                reply = ("ok", pending.result)
+                reply = ("ok", _flatten(pending.result))
             elif isinstance(pending.error, WriteFailed):
                 reply = ("write_failed", str(pending.error))
             else:
@@ -361,7 +406,11 @@ class RemoteWriter:
         conn = getattr(self._local, "conn", None)
         if conn is None or self._local.pid != os.getpid():
             conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            conn.settimeout(self.settings.commit_timeout_s)
+            # Kernel-side timeouts on a blocking socket: no poll() before every send and recv.
+            seconds = self.settings.commit_timeout_s
+            timeval = struct.pack("ll", int(seconds), int(seconds % 1 * 1_000_000))
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
             try:
                 conn.connect(self.path)
             except OSError:
@@ -382,7 +431,7 @@ class RemoteWriter:
 
     def run(self, operation, *args, **kwargs):
         """Have the master's writer run ``operation``; raise StorageError if it cannot."""
-        frame = pickle.dumps((operation, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+        frame = encode_request(operation, args, kwargs)
         try:
             conn = self._connection()
             _send_frame(conn, frame)
@@ -392,7 +441,7 @@ class RemoteWriter:
             self._drop()
             raise StorageError(f"writer unreachable: {error!r}") from None
         if status == "ok":
-            return value
+            return _rebuild(value)
         if status == "write_failed":
             raise WriteFailed(value)
         raise StorageError(value)
