@@ -75,10 +75,18 @@ def on_starting(server):
                     "failure", settings.synchronous)
 
 
+# Workers run at a lower CPU priority than the master, whose writer thread is the one serial
+# stage every request waits for: when the cores are busy the writer still runs at once.
+# Measured on 2 cores at 16 connections: nice 0 1,028-1,187 req/s, nice 5 1,236-1,278.
+worker_nice = int(os.environ.get("GUNICORN_WORKER_NICE", "5"))
+
+
 def post_fork(server, worker):
-    """In each worker: the listening socket belongs to the master."""
+    """In each worker: the listening socket belongs to the master; yield the CPU to it."""
     if _writer_server is not None:
         _writer_server.close_in_child()
+    if worker_nice:
+        os.nice(worker_nice)
 
 
 def on_exit(server):

@@ -80,27 +80,6 @@ def group_members(pgid):
     return found
 
 
-def flock_holders(path):
-    """Pids that /proc/locks lists as holding an flock on ``path`` (the writers' lock)."""
-    try:
-        inode = os.stat(path).st_ino
-        lines = Path("/proc/locks").read_text().splitlines()
-    except OSError:
-        return set()
-    holders = set()
-    for line in lines:
-        parts = line.split()
-        # "1: FLOCK  ADVISORY  WRITE 1234 fd:00:5678 0 EOF"; a waiter's line has "->" in
-        # the second field, so it does not match.
-        if len(parts) >= 6 and parts[1] == "FLOCK":
-            try:
-                if int(parts[5].rsplit(":", 1)[1]) == inode:
-                    holders.add(int(parts[4]))
-            except (IndexError, ValueError):
-                continue
-    return holders
-
-
 def receiver_environment(db_path, port, **extra):
     env = {
         key: value for key, value in os.environ.items()

@@ -11,8 +11,8 @@ threads, breaks something mid-run, and then, with every process gone, checks the
 
 How things are broken (Linux; root for the last two, else they skip, saying why):
 
-- crash: SIGKILL to workers (preferably the one holding the writers' flock, i.e. inside a
-  group commit), then to the master and all its workers; restart on the same file;
+- crash: SIGKILL to workers (mid-request, waiting for their commit), then to the master (whose
+  writer thread is likely inside a group commit) and all its workers; restart on the same file;
 - full disk: the database lives on a small tmpfs mounted for the test and filled with a
   ballast file; deleting the ballast must bring back 200s without a restart;
 - read-only file: ``chattr +i`` on the database and its WAL, later ``chattr -i``. Permission
@@ -40,7 +40,6 @@ from load import (
     Gunicorn,
     LoadGenerator,
     acknowledged,
-    flock_holders,
     get,
     integrity_check,
     post,
@@ -166,7 +165,6 @@ def count_status(status, at_least):
 def test_kill_9_workers_and_master_loses_nothing(tmp_path):
     db_path = tmp_path / "events.db"
     server = Gunicorn(db_path, tmp_path / "gunicorn.log", workers=3)
-    lock_path = f"{db_path}.write-lock"
     rng = random.Random(7)
     run = Run(server)
     kills = []  # what each SIGKILL hit
@@ -180,20 +178,18 @@ def test_kill_9_workers_and_master_loses_nothing(tmp_path):
         for _ in range(WORKER_KILLS):
             time.sleep(0.8)
             workers = server.worker_pids()
-            # Prefer the worker inside a group commit (holding the writers' flock): killed
-            # mid-transaction, its half-written batch must vanish without a trace.
-            holders = sorted(flock_holders(lock_path) & set(workers))
-            victim = holders[0] if holders else rng.choice(workers)
+            # A worker killed while it waits for its commit: the writer in the master must
+            # go on committing for the others.
+            victim = rng.choice(workers)
             os.kill(victim, signal.SIGKILL)
-            kills.append("worker holding the write lock" if holders else "worker")
+            kills.append("worker")
             server.wait_workers(replaced=[victim])
             respawned = time.monotonic()
             load.wait_for(count_status(200, 20), respawned, 10, "200s after a worker kill")
 
         time.sleep(0.8)
-        holders = flock_holders(lock_path)
-        server.kill9_all()
-        kills.append("master and workers" + (" (one holding the write lock)" if holders else ""))
+        server.kill9_all()  # the master holds the writer: its batch in flight dies with it
+        kills.append("master (the writer) and workers")
         # Left as a crash leaves it: the WAL (with whatever a killed commit half-wrote) is
         # still there for the restarted receiver's SQLite to recover from.
         wal = Path(f"{db_path}-wal")

@@ -11,6 +11,7 @@ from payloads import dumps, status
 from receiver import store
 from receiver.callbacks import parse
 from receiver.config import load_settings
+from load import Gunicorn
 from receiver.writer import RemoteWriter, StorageError, WriterServer
 
 
@@ -91,3 +92,24 @@ def test_an_unreachable_writer_is_a_storage_error(tmp_path):
     remote = RemoteWriter(load_settings(db_path="unused"), str(tmp_path / "nothing.sock"))
     with pytest.raises(StorageError, match="unreachable"):
         remote.run("record_health", 1)
+
+
+def _nice(pid):
+    """A process's nice value, field 19 of /proc/<pid>/stat (after the command in parentheses)."""
+    with open(f"/proc/{pid}/stat", "rb") as file:
+        return int(file.read().rsplit(b")", 1)[1].split()[16])
+
+
+@pytest.mark.parametrize("setting, expected", [(None, 5), ("0", 0)])
+def test_gunicorn_workers_yield_the_cpu_to_the_masters_writer(tmp_path, setting, expected):
+    """The writer thread in the master is the stage every request waits for: under load the
+    workers (GUNICORN_WORKER_NICE, default 5) must not crowd it out."""
+    env = {} if setting is None else {"GUNICORN_WORKER_NICE": setting}
+    server = Gunicorn(tmp_path / "events.db", tmp_path / "gunicorn.log", workers=2, **env)
+    server.start()
+    try:
+        master, workers = _nice(server.master), [_nice(pid) for pid in server.worker_pids()]
+        assert len(workers) == 2
+        assert workers == [master + expected] * 2
+    finally:
+        assert server.stop() == []
