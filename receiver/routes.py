@@ -98,13 +98,14 @@ def receive():
                                  {"_body": [str(error)]}), delivery)
     except StorageError as error:
         return _unavailable(error)
-    # The hot path's answer, built directly (jsonify costs twice as much).
+    # The hot path's answer, built directly (jsonify costs twice as much); the same bytes
+    # jsonify gives: compact, keys sorted, a final newline.
     return current_app.response_class(
         json.dumps({
-            "status": "duplicate" if stored.duplicate else "stored",
-            "kind": stored.kind,
             "callback_id": stored.callback_id,
             "delivery_count": stored.delivery_count,
+            "kind": stored.kind,
+            "status": "duplicate" if stored.duplicate else "stored",
         }, separators=(",", ":")) + "\n",
         mimetype="application/json",
     )

@@ -436,6 +436,10 @@ class RemoteWriter:
             conn = self._connection()
             _send_frame(conn, frame)
             status, value = pickle.loads(_recv_frame(conn))
+        except (BlockingIOError, TimeoutError):  # SO_RCVTIMEO / SO_SNDTIMEO ran out
+            self._drop()
+            raise StorageError(
+                f"commit not confirmed within {self.settings.commit_timeout_s} s") from None
         except (OSError, ConnectionError) as error:
             # A reply may still come for this request: never reuse the connection.
             self._drop()

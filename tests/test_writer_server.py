@@ -4,6 +4,7 @@ import socket
 import sqlite3
 import struct
 import threading
+import time
 
 import pytest
 
@@ -113,3 +114,19 @@ def test_gunicorn_workers_yield_the_cpu_to_the_masters_writer(tmp_path, setting,
         assert workers == [master + expected] * 2
     finally:
         assert server.stop() == []
+
+
+def test_a_writer_that_does_not_answer_is_a_storage_error_after_the_commit_timeout(tmp_path):
+    path = str(tmp_path / "silent.sock")
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    silent.bind(path)
+    silent.listen(1)  # accepts the connection (backlog), never reads or answers
+    try:
+        remote = RemoteWriter(load_settings(db_path="unused", commit_timeout_s=0.3), path)
+        started = time.monotonic()
+        with pytest.raises(StorageError, match="not confirmed within 0.3 s"):
+            remote.run("record_health", 1)
+        assert 0.25 < time.monotonic() - started < 5
+        remote.close()
+    finally:
+        silent.close()
