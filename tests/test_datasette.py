@@ -37,7 +37,7 @@ PASSWORD = "correct horse battery staple"
 # Plugins that only read; a plugin outside this list (datasette-write, ...) fails the test.
 READ_ONLY_PLUGINS = {
     "datasette-auth-passwords", "datasette-block-robots", "datasette-dashboards",
-    "datasette-leaflet", "datasette-render-markdown", "receiver_links.py",
+    "datasette-leaflet", "datasette-render-markdown", "receiver_guard.py", "receiver_links.py",
     "receiver_metadata.py",
 }
 
@@ -571,6 +571,43 @@ def test_datasette_refuses_every_write(client, store):
     assert queries and not any(q.get("write") for q in queries)
     # The database file cannot be downloaded either.
     assert client.get(f"/{DB_NAME}.db").status_code == 403
+
+
+@pytest.mark.parametrize("params", [
+    {"_sort": "price"},  # a column metadata.yml leaves unsortable (price_nano sorts)
+    {"_sort_desc": "no_such_column"},
+    {"_sort": "timestamp", "_sort_desc": "id"},
+])
+def test_a_bad_sort_is_a_400_naming_the_problem_not_a_500(client, params, capsys):
+    for suffix in (".json", ""):
+        response = client.get(f"/{DB_NAME}/status_events{suffix}", params=params)
+        assert response.status_code == 400, (suffix, response.text[:300])
+        if suffix:
+            error = response.json()["error"]
+            assert error.startswith(("Cannot sort table by ", "Cannot use _sort and _sort_desc"))
+    assert client.get(f"/{DB_NAME}/status_events.json", params={"_sort": "price_nano"}).status_code == 200
+    # A visitor's mistake is one access-log line, not a traceback with local variables.
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err
+
+
+def test_posting_to_a_canned_query_is_a_405_not_a_500(client, u):
+    for path in (f"/{DB_NAME}/dispatch_timeline", f"/{DB_NAME}/dispatch_timeline.json"):
+        response = client.post(path, data={"dispatch_uuid": u["A"]})
+        assert response.status_code == 405, (path, response.text[:300])
+        assert response.headers["allow"] == "GET, HEAD"
+        assert "read-only" in response.json()["error"]
+    assert client.get(f"/{DB_NAME}/dispatch_timeline.json",
+                      params={"dispatch_uuid": u["A"]}).status_code == 200
+
+
+def test_the_password_tool_is_off_for_everyone(client, walled):
+    # Each POST of datasette-auth-passwords' tool would cost the server a 480,000-round hash.
+    for c in (client, walled):
+        assert c.get("/-/password-tool").status_code == 403
+        response = c.post("/-/password-tool", data={"password": "x"})
+        assert response.status_code == 403
+        assert "datasette hash-password" in response.json()["error"]
 
 
 def _counts(path):
