@@ -106,6 +106,10 @@ class GroupCommitWriter:
             raise pending.error
         return pending.result
 
+    def queued(self):
+        """How many writes wait for the writer thread to take them into a batch."""
+        return self._queue.qsize() if self._queue is not None else 0
+
     def _ensure_started(self):
         # Started lazily and again after a fork: threads and connections never cross a fork.
         pid = os.getpid()

@@ -262,9 +262,9 @@ def post_concurrently(app, bodies, writer):
     for thread in threads:
         thread.start()
     deadline = time.monotonic() + 5
-    while writer._queue.qsize() < len(bodies) and time.monotonic() < deadline:
+    while writer.queued() < len(bodies) and time.monotonic() < deadline:
         time.sleep(0.005)
-    assert writer._queue.qsize() == len(bodies)
+    assert writer.queued() == len(bodies)
     return threads, responses
 
 
@@ -302,9 +302,9 @@ def test_one_failing_write_does_not_fail_its_batch(app, rows, db_path):
         failing = threading.Thread(target=overflow)
         failing.start()
         deadline = time.monotonic() + 5
-        while writer._queue.qsize() < len(good) + 1 and time.monotonic() < deadline:
+        while writer.queued() < len(good) + 1 and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert writer._queue.qsize() == len(good) + 1  # all four will form one batch
+        assert writer.queued() == len(good) + 1  # all four will form one batch
     for thread in [*threads, failing]:
         thread.join(10)
     assert isinstance(outcome.get("error"), WriteFailed), outcome
