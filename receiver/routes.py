@@ -18,7 +18,7 @@ bp = Blueprint("webhooks", __name__)
 RETRY_AFTER_S = "5"
 
 
-def _read_body(limit):
+def read_body(limit):
     """Read at most ``limit`` bytes; return (body, too_large, announced_length)."""
     announced = request.content_length
     if announced is not None and announced > limit:
@@ -29,7 +29,8 @@ def _read_body(limit):
     return body, False, announced
 
 
-def _delivery(body):
+def delivery_from_request(body):
+    """The request being served, as the Delivery of ``body``."""
     return store.Delivery(
         body=body,
         endpoint=request.path,
@@ -72,8 +73,8 @@ def _reject(rejection, delivery, **extra):
 def receive():
     """Read, validate and durably store one callback; answer 200 only once it is on disk."""
     settings = current_app.config["RECEIVER_SETTINGS"]
-    body, too_large, announced = _read_body(settings.max_body_bytes)
-    delivery = _delivery(body)
+    body, too_large, announced = read_body(settings.max_body_bytes)
+    delivery = delivery_from_request(body)
     if too_large:
         size = f"{announced} bytes" if announced is not None else "more than that"
         rejection = Rejection(
@@ -98,8 +99,12 @@ def receive():
                                  {"_body": [str(error)]}), delivery)
     except StorageError as error:
         return _unavailable(error)
-    # The hot path's answer, built directly (jsonify costs twice as much); the same bytes
-    # jsonify gives: compact, keys sorted, a final newline.
+    return stored_answer(stored)
+
+
+def stored_answer(stored):
+    """The 200 for a stored callback, built directly (jsonify costs twice as much); the same
+    bytes jsonify gives: compact, keys sorted, a final newline."""
     return current_app.response_class(
         json.dumps({
             "callback_id": stored.callback_id,
