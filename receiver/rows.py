@@ -80,9 +80,20 @@ MESSAGE_FIELDS = (
 )
 
 
+def _price(row, source):
+    """A row's price fields as an observation makes them: kept only when an amount is known,
+    with where it came from."""
+    priced = row["price_nano"] is not None
+    return {
+        "price": row["price"] if priced else None,
+        "price_nano": row["price_nano"],
+        "currency": row["currency"] if priced else None,
+        "price_source": source if priced else None,
+    }
+
+
 def message_from_status(event):
     """A ``status_events`` row -> the observation it makes of its ``messages`` row."""
-    priced = event["price_nano"] is not None
     return _observation(
         message_uuid=event["message_uuid"],
         dispatch_uuid=event["dispatch_uuid"],
@@ -95,17 +106,13 @@ def message_from_status(event):
         **{f"{event['status']}_at": event["timestamp"]},
         error_code=event["error_code"],
         error_reason=event["error_reason"],
-        price=event["price"] if priced else None,
-        price_nano=event["price_nano"],
-        currency=event["currency"] if priced else None,
-        price_source="status" if priced else None,
+        **_price(event, "status"),
         event_count=1,
     )
 
 
 def message_from_report_item(item, report):
     """A ``final_report_messages`` row (and its report) -> its observation of the message."""
-    priced = item["price_nano"] is not None
     return _observation(
         message_uuid=item["message_uuid"],
         dispatch_uuid=item["dispatch_uuid"],
@@ -113,10 +120,7 @@ def message_from_report_item(item, report):
         workflow_position=item["position"],
         status=item["status"],
         status_rank=item["status_rank"],
-        price=item["price"] if priced else None,
-        price_nano=item["price_nano"],
-        currency=item["currency"] if priced else None,
-        price_source="final_report" if priced else None,
+        **_price(item, "final_report"),
         event_count=0,
         final_report_status=item["status"],
         final_report_price=item["price"],
