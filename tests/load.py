@@ -32,30 +32,31 @@ JSON_HEADERS = {"Content-Type": "application/json", "User-Agent": "durability-te
 # --- processes -----------------------------------------------------------------------------
 
 
-def _stat(pid):
-    """(state, ppid, pgid) of ``pid`` from /proc, or None when it is gone."""
+def stat_fields(pid):
+    """The fields of /proc/<pid>/stat after the command name (state first, nice at 16), or
+    None when the process is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as file:
             raw = file.read().decode(errors="replace")
     except (FileNotFoundError, ProcessLookupError):
         return None
-    fields_ = raw[raw.rindex(")") + 2:].split()
-    return fields_[0], int(fields_[1]), int(fields_[2])
+    return raw[raw.rindex(")") + 2:].split()
 
 
-def _live(stat):
-    return stat is not None and stat[0] not in ("Z", "X")
+def _live_pids(field, value):
+    """Live (not zombie) pids whose stat field ``field`` (1: ppid, 2: pgid) is ``value``."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            fields_ = stat_fields(int(name))
+            if fields_ is not None and fields_[0] not in ("Z", "X") and int(fields_[field]) == value:
+                found.append(int(name))
+    return sorted(found)
 
 
 def children(pid):
     """Live (not zombie) child pids of ``pid``, found by scanning /proc."""
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            stat = _stat(int(name))
-            if _live(stat) and stat[1] == pid:
-                found.append(int(name))
-    return sorted(found)
+    return _live_pids(1, pid)
 
 
 def _cmdline(pid):
@@ -71,13 +72,7 @@ def group_members(pgid):
     Workers orphaned by a killed master are reparented to pid 1, which may never reap them
     in a container; a zombie holds nothing (no files, no locks), so it counts as gone.
     """
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            stat = _stat(int(name))
-            if _live(stat) and stat[2] == pgid:
-                found.append(int(name))
-    return found
+    return _live_pids(2, pgid)
 
 
 def receiver_environment(db_path, port, **extra):

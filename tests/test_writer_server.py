@@ -12,7 +12,7 @@ from payloads import dumps, status
 from receiver import store
 from receiver.callbacks import parse
 from receiver.config import load_settings
-from load import Gunicorn
+from load import Gunicorn, stat_fields
 from receiver.writer import RemoteWriter, StorageError, WriterServer
 
 
@@ -96,9 +96,7 @@ def test_an_unreachable_writer_is_a_storage_error(tmp_path):
 
 
 def _nice(pid):
-    """A process's nice value, field 19 of /proc/<pid>/stat (after the command in parentheses)."""
-    with open(f"/proc/{pid}/stat", "rb") as file:
-        return int(file.read().rsplit(b")", 1)[1].split()[16])
+    return int(stat_fields(pid)[16])
 
 
 @pytest.mark.parametrize("setting, expected", [(None, 5), ("0", 0)])
