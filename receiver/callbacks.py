@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from marshmallow import ValidationError
 
-from .schemas import FINAL_REPORT, KINDS, MESSAGE_STATUS, SCHEMAS
+from .schemas import FINAL_REPORT, KINDS, MESSAGE_STATUS, V01, V1, schema_for
 
 # Each webhook path and the kind it expects when a body's shape does not decide.
 ENDPOINT_KINDS = {
@@ -59,23 +59,50 @@ class Rejection(Exception):
 
 @dataclass(frozen=True)
 class Callback:
-    """A validated callback: its kind and the loaded fields (unknown fields included)."""
+    """A validated callback: its kind, the loaded fields (unknown fields included), the API it
+    came from ('dispatch' or 'messages') and its webhook body version ('v0.1' or 'v1')."""
 
     kind: str
     data: dict
+    api: str = "dispatch"
+    version: str = V01
+
+
+DISPATCH, MESSAGES = "dispatch", "messages"
 
 
 def classify(payload, default=None):
-    """Decide a callback's kind by its shape, falling back to the endpoint's ``default``.
+    """Decide a callback's kind and body version by its shape: (kind, version).
 
-    A final report has a top-level ``dispatch_uuid`` and ``template`` (or its message links);
-    a status has ``message_uuid``. Returns None when neither the shape nor a default decides.
+    - a Messages inbound message (``message_type``, no ``status``) is refused: it is no status;
+    - a final report has a top-level ``dispatch_uuid`` and ``template`` (or its message links);
+    - a status has ``message_uuid``: Messages v1 when ``to``/``from`` are strings or
+      ``channel`` is top-level, else the v0.1 shape Dispatch and Messages v0.1 share.
+    The endpoint's ``default`` kind decides when the shape does not; (None, V01) if nothing does.
     """
+    if "message_type" in payload and "status" not in payload:
+        raise Rejection(
+            422, "inbound_message",
+            "This is a Messages API inbound message (a user's reply), not a status: the "
+            "application's Inbound URL points at the status receiver. Point the Inbound URL at "
+            "the service that handles replies; only the Status URL belongs here.",
+            {"message_type": ["Inbound messages are not stored by the status receiver."]},
+        )
     if "message_uuid" in payload:
-        return MESSAGE_STATUS
+        v1 = (isinstance(payload.get("to"), str) or isinstance(payload.get("from"), str)
+              or "channel" in payload)
+        return MESSAGE_STATUS, V1 if v1 else V01
     if "dispatch_uuid" in payload and ("template" in payload or "_links" in payload):
-        return FINAL_REPORT
-    return default
+        return FINAL_REPORT, V01
+    return default, V01
+
+
+def api_of(payload, version):
+    """Which API sent a callback: Messages for the v1 shape, and for a v0.1-shaped failover leg
+    (a ``workflow`` object and no Dispatch ``_links``); Dispatch otherwise."""
+    if version == V1 or ("workflow" in payload and "_links" not in payload):
+        return MESSAGES
+    return DISPATCH
 
 
 def decode(body):
@@ -149,7 +176,7 @@ def _depth_exceeds(value, limit):
 def parse(body, default_kind=None):
     """Raw bytes from an endpoint whose own kind is ``default_kind`` -> a validated Callback."""
     payload = decode(body)
-    kind = classify(payload, default_kind)
+    kind, version = classify(payload, default_kind)
     if kind not in KINDS:
         raise Rejection(
             422, "unknown_kind",
@@ -159,11 +186,12 @@ def parse(body, default_kind=None):
              "dispatch_uuid": ["Missing data for required field."]},
         )
     try:
-        data = SCHEMAS[kind].load(payload)
+        data = schema_for(kind, version).load(payload)
     except ValidationError as error:
-        raise Rejection(422, "schema_error", f"The {kind.replace('_', ' ')} callback is invalid.",
+        name = "Messages API v1 status" if version == V1 else kind.replace("_", " ")
+        raise Rejection(422, "schema_error", f"The {name} callback is invalid.",
                         error.normalized_messages()) from None
     except RecursionError:
         raise Rejection(400, "too_deep", "The JSON is nested too deeply.",
                         {"_body": ["JSON nesting too deep."]}) from None
-    return Callback(kind, data)
+    return Callback(kind, data, api_of(payload, version), version)

@@ -8,7 +8,7 @@ import sqlite_utils
 from . import views
 
 # Schema version kept in PRAGMA user_version; bump it with each migration below.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS callbacks (
@@ -54,8 +54,18 @@ CREATE TABLE IF NOT EXISTS status_events (
     price TEXT,
     price_nano INTEGER,
     currency TEXT,
-    received_at TEXT NOT NULL
+    received_at TEXT NOT NULL,
+    client_ref TEXT,
+    workflow_id TEXT,
+    workflow_leg INTEGER,
+    workflow_legs INTEGER,
+    error_type TEXT,
+    error_title TEXT,
+    error_detail TEXT,
+    network_code TEXT,
+    sms_count INTEGER
 );
+CREATE INDEX IF NOT EXISTS status_events_workflow ON status_events (workflow_id, timestamp);
 CREATE INDEX IF NOT EXISTS status_events_message ON status_events (message_uuid, status_rank);
 CREATE INDEX IF NOT EXISTS status_events_dispatch ON status_events (dispatch_uuid, timestamp);
 CREATE INDEX IF NOT EXISTS status_events_timestamp ON status_events (timestamp);
@@ -119,9 +129,19 @@ CREATE TABLE IF NOT EXISTS messages (
     event_count INTEGER NOT NULL DEFAULT 0,
     final_report_status TEXT,
     final_report_price TEXT,
-    final_report_at TEXT
+    final_report_at TEXT,
+    api TEXT NOT NULL DEFAULT 'dispatch',
+    workflow_id TEXT,
+    workflow_legs INTEGER,
+    client_ref TEXT,
+    error_type TEXT,
+    error_title TEXT,
+    error_detail TEXT,
+    network_code TEXT,
+    sms_count INTEGER
 );
 CREATE INDEX IF NOT EXISTS messages_dispatch ON messages (dispatch_uuid, workflow_position);
+CREATE INDEX IF NOT EXISTS messages_workflow ON messages (workflow_id, workflow_position);
 CREATE INDEX IF NOT EXISTS messages_status ON messages (status, last_seen_at);
 
 CREATE TABLE IF NOT EXISTS dispatches (
@@ -143,6 +163,23 @@ CREATE TABLE IF NOT EXISTS dispatches (
 );
 CREATE INDEX IF NOT EXISTS dispatches_first_seen ON dispatches (first_seen_at);
 CREATE INDEX IF NOT EXISTS dispatches_final_status ON dispatches (final_status);
+
+CREATE TABLE IF NOT EXISTS workflows (
+    workflow_id TEXT PRIMARY KEY,
+    api TEXT NOT NULL,
+    legs INTEGER NOT NULL,
+    legs_seen INTEGER NOT NULL,
+    channels TEXT,
+    delivered_channel TEXT,
+    outcome TEXT NOT NULL,
+    price TEXT,
+    price_nano INTEGER,
+    currency TEXT,
+    first_seen_at TEXT,
+    last_seen_at TEXT
+);
+CREATE INDEX IF NOT EXISTS workflows_first_seen ON workflows (first_seen_at);
+CREATE INDEX IF NOT EXISTS workflows_outcome ON workflows (outcome, first_seen_at);
 
 CREATE TABLE IF NOT EXISTS rejected_callbacks (
     id INTEGER PRIMARY KEY,
@@ -224,6 +261,11 @@ def init_db(path, **kwargs):
                 if statement.strip():
                     conn.execute(statement)
             _add_missing_columns(conn)
+            if 0 < version < 2:
+                # Schema 2 adds `workflows`: one row for each dispatch stored before it.
+                from . import store  # store imports db
+
+                store.refresh_all_workflows(conn)
             views.create_views(conn)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
@@ -236,7 +278,8 @@ def init_db(path, **kwargs):
 
 
 def _add_missing_columns(conn):
-    """Migrate older files: add any column the CREATE TABLE above has and the file lacks."""
+    """Migrate older files: add any column the CREATE TABLE above has and the file lacks, with
+    its NOT NULL and DEFAULT (existing rows read the default; no row is rewritten)."""
     db = sqlite_utils.Database(conn)
     scratch = sqlite_utils.Database(memory=True)
     scratch.executescript(TABLES)
@@ -244,6 +287,9 @@ def _add_missing_columns(conn):
         existing = db[table].columns_dict
         for column in scratch[table].columns:
             if column.name not in existing:
-                conn.execute(
-                    f"ALTER TABLE [{table}] ADD COLUMN [{column.name}] {column.type or ''}"
-                )
+                definition = f"[{column.name}] {column.type or ''}"
+                if column.default_value is not None:
+                    definition += f" DEFAULT {column.default_value}"
+                    if column.notnull:
+                        definition += " NOT NULL"
+                conn.execute(f"ALTER TABLE [{table}] ADD COLUMN {definition}")

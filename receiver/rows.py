@@ -1,25 +1,47 @@
 """The one place that maps a validated callback payload to table rows."""
 
+import re
+
 from . import money
-from .schemas import STATUS_RANK
+from .schemas import STATUS_RANK, V1, V1_CHANNEL_NAMES
+
+# A v1 error's `type` ends in its code: ".../api-errors/messages#1000".
+ERROR_TYPE_CODE = re.compile(r"#(\d{1,9})\Z")
 
 
-def status_event_row(data):
-    """A validated Message Status payload -> its ``status_events`` row (without callback id)."""
+def status_event_row(callback):
+    """A validated message status (either body version) -> its ``status_events`` row (without
+    callback id)."""
+    data = callback.data
+    row = (_v1_status(data) if callback.version == V1 else _v01_status(data))
+    workflow = data.get("workflow") or {}
+    usage = data.get("usage") or {}
+    row.update(
+        api=callback.api,
+        message_uuid=data["message_uuid"],
+        status=data["status"],
+        status_rank=STATUS_RANK[data["status"]],
+        timestamp=data["timestamp"],
+        client_ref=data.get("client_ref"),
+        workflow_id=workflow.get("workflow_id"),
+        workflow_leg=workflow.get("items_number"),
+        workflow_legs=workflow.get("items_total"),
+        price=usage.get("price"),
+        price_nano=money.to_nano(usage.get("price")),
+        currency=usage.get("currency"),
+    )
+    return row
+
+
+def _v01_status(data):
+    """The columns of the v0.1 shape (Dispatch, and Messages with webhook_version v0.1)."""
     to = data.get("to") or {}
     sender = data.get("from") or {}
     error = data.get("error") or {}
-    usage = data.get("usage") or {}
-    links = data.get("_links") or {}
-    parent = links.get("dispatch") or links.get("workflow") or {}
+    parent = (data.get("_links") or {}).get("dispatch") or (data.get("_links") or {}).get("workflow") or {}
     return {
-        "api": "dispatch",
-        "message_uuid": data["message_uuid"],
         "dispatch_uuid": parent.get("dispatch_uuid"),
         "channel": to.get("type") or sender.get("type"),
-        "status": data["status"],
-        "status_rank": STATUS_RANK[data["status"]],
-        "timestamp": data["timestamp"],
         "to_type": to.get("type"),
         "to_id": to.get("id"),
         "to_number": to.get("number"),
@@ -28,10 +50,39 @@ def status_event_row(data):
         "from_number": sender.get("number"),
         "error_code": error.get("code"),
         "error_reason": error.get("reason"),
-        "price": usage.get("price"),
-        "price_nano": money.to_nano(usage.get("price")),
-        "currency": usage.get("currency"),
     }
+
+
+def _v1_status(data):
+    """The columns of the Messages API v1 shape: string addresses, top-level channel."""
+    channel = V1_CHANNEL_NAMES.get(data["channel"], data["channel"])
+    error = data.get("error") or {}
+    title = error.get("title") or None
+    if title is None and error.get("type"):
+        match = ERROR_TYPE_CODE.search(error["type"])
+        title = match.group(1) if match else None
+    row = {
+        "dispatch_uuid": None,
+        "channel": channel,
+        "to_type": channel,
+        "from_type": channel,
+        # The error code both APIs share (an integer); the v1 code as sent is error_title.
+        "error_code": int(title) if title and title.isascii() and title.isdigit() and len(title) <= 9 else None,
+        "error_reason": None,
+        "error_type": error.get("type"),
+        "error_title": title,
+        "error_detail": error.get("detail"),
+        "network_code": (data.get("destination") or {}).get("network_code"),
+    }
+    sms = data.get("sms") or {}
+    row["sms_count"] = sms.get("count_total", sms.get("total_count"))
+    for side, key in (("to", "to"), ("from", "from")):
+        # Phone numbers in *_number (as Dispatch rows), any other address in *_id.
+        address = data[key]
+        digits = address.isascii() and address.isdigit()
+        row[f"{side}_number"] = address if digits else None
+        row[f"{side}_id"] = None if digits else address
+    return row
 
 
 def final_report_rows(data):
@@ -71,12 +122,14 @@ def _observation(**values):
     return row
 
 
+# The columns of a ``messages`` row, in table order; store.py merges observations of these.
 MESSAGE_FIELDS = (
     "message_uuid", "dispatch_uuid", "channel", "workflow_position", "status", "status_rank",
     "status_at", "first_seen_at", "last_seen_at", "submitted_at", "delivered_at", "read_at",
     "rejected_at", "undeliverable_at", "error_code", "error_reason", "price", "price_nano",
     "currency", "price_source", "event_count", "final_report_status", "final_report_price",
-    "final_report_at",
+    "final_report_at", "api", "workflow_id", "workflow_legs", "client_ref", "error_type",
+    "error_title", "error_detail", "network_code", "sms_count",
 )
 
 
@@ -98,6 +151,7 @@ def message_from_status(event):
         message_uuid=event["message_uuid"],
         dispatch_uuid=event["dispatch_uuid"],
         channel=event["channel"],
+        workflow_position=event.get("workflow_leg"),
         status=event["status"],
         status_rank=event["status_rank"],
         status_at=event["timestamp"],
@@ -108,6 +162,15 @@ def message_from_status(event):
         error_reason=event["error_reason"],
         **_price(event, "status"),
         event_count=1,
+        api=event.get("api") or "dispatch",
+        workflow_id=event.get("workflow_id"),
+        workflow_legs=event.get("workflow_legs"),
+        client_ref=event.get("client_ref"),
+        error_type=event.get("error_type"),
+        error_title=event.get("error_title"),
+        error_detail=event.get("error_detail"),
+        network_code=event.get("network_code"),
+        sms_count=event.get("sms_count"),
     )
 
 
@@ -125,4 +188,5 @@ def message_from_report_item(item, report):
         final_report_status=item["status"],
         final_report_price=item["price"],
         final_report_at=report["timestamp"],
+        api="dispatch",
     )

@@ -1,4 +1,5 @@
-"""Marshmallow schemas of the two Dispatch callbacks, field by field after the seed spec.
+"""Marshmallow schemas of the callbacks: Dispatch's two (the seed spec) and the Messages API v1
+status webhook (Vonage's Messages spec 1.20.0; see shared/vonage/MESSAGES-V1.md).
 
 Unknown fields are accepted and kept (Vonage adds fields over time); the raw body is stored
 byte-exact beside the validated fields.
@@ -7,7 +8,8 @@ byte-exact beside the validated fields.
 import re
 from datetime import datetime, timedelta, timezone
 
-from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import (INCLUDE, Schema, ValidationError, fields, post_load, validate,
+                         validates_schema)
 
 from . import money
 
@@ -15,12 +17,22 @@ CHANNELS = ("sms", "mms", "viber_service_msg", "messenger", "whatsapp")
 # The Final Report's channel enum is misspelt in every published spec version.
 CHANNEL_ALIASES = {"viber_sevice_msg": "viber_service_msg"}
 STATUSES = ("submitted", "delivered", "read", "rejected", "undeliverable")
+# Messages API v1 names Viber `viber_service`; it is stored under Dispatch's name so that one
+# channel has one name in every table.
+V1_CHANNEL_NAMES = {"viber_service": "viber_service_msg"}
+V1_CHANNELS = ("sms", "mms", "rcs", "whatsapp", "messenger", "viber_service", "email")
+# Channels without `read` receipts (Messages spec 1.20.0: `read` only on the OTT channels).
+NO_READ_CHANNELS = ("sms", "mms")
 FINAL_STATUSES = ("completed", "error")
 TEMPLATES = ("failover",)
 
 # The current status of a message is the highest-ranked one seen, whatever the arrival order:
 # submitted < delivered < read, and the terminal failures above any success.
 STATUS_RANK = {"submitted": 1, "delivered": 2, "read": 3, "undeliverable": 4, "rejected": 5}
+# The ranks that mean the message reached the person: delivered or read.
+REACHED_RANKS = (STATUS_RANK["delivered"], STATUS_RANK["read"])
+# The ranks of a failed message: undeliverable or rejected.
+FAILED_RANKS = (STATUS_RANK["undeliverable"], STATUS_RANK["rejected"])
 
 UUID_LENGTH = validate.Length(min=1, max=100)
 ERROR_CODE_RANGE = validate.Range(min=0, max=2**31 - 1)
@@ -29,7 +41,7 @@ CURRENCY_PATTERN = re.compile(r"^[A-Z]{3}\Z")
 
 ISO_DATETIME = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d{1,12}))?"
-    r"(?:([Zz])|([+-])(\d{2}):?(\d{2}))?\Z",
+    r"[ ]?(?:([Zz])|([+-])(\d{2}):?(\d{2}))?\Z",
     re.ASCII,
 )
 
@@ -172,6 +184,9 @@ MessageStatus = Base.from_dict(
         "error": fields.Nested(Error),
         "usage": fields.Nested(Usage),
         "_links": fields.Nested(StatusLinks),
+        # A Messages failover leg sent with webhook_version v0.1 (see MessagesStatus below).
+        "client_ref": fields.String(validate=validate.Length(max=100)),
+        "workflow": fields.Nested(lambda: Workflow()),
     },
     name="MessageStatus",
 )
@@ -202,9 +217,165 @@ class FinalReport(Base):
     _links = fields.Nested(ReportLinks)
 
 
+# --- Messages API v1 status webhook -----------------------------------------------------------
+
+class ErrorTitle(fields.Field):
+    """The v1 error code in ``title``: text in the spec ('1000'), a number in some of Vonage's
+    SDK fixtures (1000). Loaded as text either way."""
+
+    default_error_messages = {"invalid": "Must be an error code: a string or an integer."}
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31:
+            return str(value)
+        if isinstance(value, str) and len(value) <= 100:
+            return value
+        raise self.make_error("invalid")
+
+
+class Count(fields.Field):
+    """A count or position that Vonage sends as a string ('2') and its SDKs as a number (2)."""
+
+    default_error_messages = {"invalid": "Must be a whole number, as a string or an integer."}
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 9:
+            return int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise self.make_error("invalid")
+
+
+COUNT_RANGE = validate.Range(min=0, max=10**6)
+POSITION_RANGE = validate.Range(min=1, max=10**6)
+
+
+class V1Error(Base):
+    type = fields.String(validate=validate.Length(max=2000))
+    title = ErrorTitle()
+    detail = fields.String(validate=validate.Length(max=2000))
+    instance = fields.String(validate=validate.Length(max=200))
+
+
+class Workflow(Base):
+    """``workflow`` of a failover leg. The spec (and .NET SDK) name its keys ``workflow_id``,
+    ``items_number``, ``items_total``; Vonage's Java SDK ``id``, ``item_number``,
+    ``total_items``. Both load to the spec's names; ``{}`` is legal (Java SDK tests send it)."""
+
+    workflow_id = fields.String(validate=validate.Length(min=1, max=255))
+    id = fields.String(validate=validate.Length(min=1, max=255))
+    items_number = Count(validate=POSITION_RANGE)
+    item_number = Count(validate=POSITION_RANGE)
+    items_total = Count(validate=POSITION_RANGE)
+    total_items = Count(validate=POSITION_RANGE)
+
+    SPELLINGS = (("workflow_id", "id"), ("items_number", "item_number"),
+                 ("items_total", "total_items"))
+
+    @validates_schema
+    def spellings_agree(self, data, **kwargs):
+        errors = {}
+        for name, alias in self.SPELLINGS:
+            if name in data and alias in data and data[name] != data[alias]:
+                errors[alias] = [f"Differs from {name} ({data[name]!r})."]
+        number = data.get("items_number", data.get("item_number"))
+        total = data.get("items_total", data.get("total_items"))
+        if number is not None and total is not None and number > total:
+            errors["items_number"] = [f"Leg {number} of a workflow of {total} legs."]
+        if errors:
+            raise ValidationError(errors)
+
+    @post_load
+    def canonical(self, data, **kwargs):
+        """The spec's key names, whichever spelling arrived."""
+        for name, alias in self.SPELLINGS:
+            if alias in data:
+                data.setdefault(name, data.pop(alias))
+        return data
+
+
+class Destination(Base):
+    network_code = fields.String(validate=validate.Length(max=20))
+
+
+class SmsDetails(Base):
+    """``sms`` of an SMS status: the spec writes ``count_total``, Vonage's docs ``total_count``."""
+
+    count_total = Count(validate=COUNT_RANGE)
+    total_count = Count(validate=COUNT_RANGE)
+
+
+# Lengths of `to` and `from` per channel, after the spec's address types: ToNumber (7-15
+# digits, E.164 without +), FromNumber / alphanumeric senders / RCS sender ids, Messenger's
+# ToId/FromId (1-50), WhatsApp's phone number or business-scoped user id ("US.1349..."),
+# email addresses (at most 254 characters, RFC 5321). Not checked as E.164.
+ADDRESS_LENGTHS = {
+    "sms": ((7, 15), (1, 50)),
+    "mms": ((7, 15), (1, 50)),
+    "rcs": ((7, 15), (1, 50)),
+    "viber_service": ((7, 15), (1, 50)),
+    "whatsapp": ((7, 100), (1, 50)),
+    "messenger": ((1, 50), (1, 50)),
+    "email": ((3, 254), (3, 254)),
+}
+ADDRESS = validate.Length(min=1, max=254)
+
+
+def _check_v1(schema, data, **kwargs):
+    """Per channel: the lengths of `to` and `from`, and `read` only where the channel has it."""
+    channel = data.get("channel")
+    if channel not in ADDRESS_LENGTHS:
+        return
+    errors = {}
+    for key, (low, high) in zip(("to", "from"), ADDRESS_LENGTHS[channel]):
+        value = data.get(key)
+        if value is not None and not low <= len(value) <= high:
+            errors[key] = [f"Length must be between {low} and {high} for the {channel} channel."]
+    if channel in NO_READ_CHANNELS and data.get("status") == "read":
+        errors["status"] = [f"The {channel} channel has no read status."]
+    if errors:
+        raise ValidationError(errors)
+
+
+# The Messages API v1 status webhook: `to` and `from` are strings and `channel` is top-level.
+MessagesStatus = Base.from_dict(
+    {
+        "message_uuid": fields.String(required=True, validate=UUID_LENGTH),
+        "to": fields.String(required=True, validate=ADDRESS),
+        "from": fields.String(required=True, validate=ADDRESS),
+        "channel": fields.String(required=True, validate=validate.OneOf(V1_CHANNELS)),
+        "timestamp": Timestamp(required=True),
+        "status": fields.String(required=True, validate=validate.OneOf(STATUSES)),
+        "error": fields.Nested(V1Error),
+        "usage": fields.Nested(Usage),
+        "client_ref": fields.String(validate=validate.Length(max=100)),
+        "workflow": fields.Nested(Workflow),
+        "destination": fields.Nested(Destination),
+        "sms": fields.Nested(SmsDetails),
+        "check_addresses": validates_schema(_check_v1),
+    },
+    name="MessagesStatus",
+)
+
+
 MESSAGE_STATUS = "message_status"
 FINAL_REPORT = "final_report"
 KINDS = (MESSAGE_STATUS, FINAL_REPORT)
+# The two webhook body versions Vonage sends (the Messages API's `webhook_version`): Dispatch
+# and Messages v0.1 share one shape, Messages v1 has its own.
+V01, V1 = "v0.1", "v1"
 
 # Built once: a schema built per request costs five times as much as one reused.
-SCHEMAS = {MESSAGE_STATUS: MessageStatus(), FINAL_REPORT: FinalReport()}
+# Keyed by kind, and by kind + "_v1" for the v1 shape of a kind.
+SCHEMAS = {
+    MESSAGE_STATUS: MessageStatus(),
+    FINAL_REPORT: FinalReport(),
+    f"{MESSAGE_STATUS}_v1": MessagesStatus(),
+}
+
+
+def schema_for(kind, version):
+    """The schema that validates a ``kind`` callback of webhook ``version``."""
+    return SCHEMAS[kind if version == V01 else f"{kind}_v1"]

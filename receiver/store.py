@@ -1,8 +1,9 @@
 """Writing to the event store: callbacks, their event rows, the derived rows, rejections.
 
 Every function here runs inside a write transaction the caller opened (``transaction``);
-the derived ``messages`` and ``dispatches`` rows are recomputed from the event log for the
-keys a callback touched, so they come out the same whatever order callbacks arrive in.
+the derived ``messages``, ``dispatches`` and ``workflows`` rows are recomputed from the event
+log for the keys a callback touched, so they come out the same whatever order callbacks arrive
+in.
 """
 
 import hashlib
@@ -13,7 +14,7 @@ from datetime import datetime, timezone
 from functools import lru_cache
 
 from . import money, rows
-from .schemas import FINAL_REPORT, MESSAGE_STATUS, format_timestamp
+from .schemas import FAILED_RANKS, FINAL_REPORT, MESSAGE_STATUS, REACHED_RANKS, format_timestamp
 from .signatures import UNSIGNED
 
 
@@ -88,17 +89,18 @@ def store_callback(conn, callback, delivery, signature=UNSIGNED):
     """
     callback_id, delivery_count = conn.execute(
         """
-        INSERT INTO callbacks (kind, sha256, body, endpoint, received_at, last_received_at,
+        INSERT INTO callbacks (kind, api, sha256, body, endpoint, received_at, last_received_at,
                                remote_addr, user_agent, content_type, signature_status,
                                api_key, application_id, jti, iat, clock_skew_s)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
         ON CONFLICT (sha256) DO UPDATE SET
             delivery_count = delivery_count + 1,
             last_received_at = max(last_received_at, excluded.last_received_at)
         RETURNING id, delivery_count
         """,
         (
-            callback.kind, delivery.sha256, delivery.body.decode("utf-8"), delivery.endpoint,
+            callback.kind, callback.api, delivery.sha256, delivery.body.decode("utf-8"),
+            delivery.endpoint,
             delivery.received_at, delivery.received_at, delivery.remote_addr,
             delivery.user_agent, delivery.content_type, signature.status, signature.api_key,
             signature.application_id, signature.jti, signature.iat, signature.clock_skew_s,
@@ -106,7 +108,7 @@ def store_callback(conn, callback, delivery, signature=UNSIGNED):
     ).fetchone()
     if delivery_count == 1:
         if callback.kind == MESSAGE_STATUS:
-            _store_status(conn, callback.data, callback_id, delivery.received_at)
+            _store_status(conn, callback, callback_id, delivery.received_at)
         elif callback.kind == FINAL_REPORT:
             _store_final_report(conn, callback.data, callback_id, delivery.received_at)
         else:  # pragma: no cover - callbacks.parse only produces the kinds above
@@ -114,13 +116,19 @@ def store_callback(conn, callback, delivery, signature=UNSIGNED):
     return Stored(callback_id, delivery_count, callback.kind)
 
 
-def _store_status(conn, data, callback_id, received_at):
-    row = rows.status_event_row(data)
+def _store_status(conn, callback, callback_id, received_at):
+    row = rows.status_event_row(callback)
     row.update(callback_id=callback_id, received_at=received_at)
     _insert(conn, "status_events", row)
-    dispatch_uuid = _merge_message(conn, rows.message_from_status(row))
+    _refresh_parents(conn, *_merge_message(conn, rows.message_from_status(row)))
+
+
+def _refresh_parents(conn, dispatch_uuid, workflow_id):
+    """Recompute the dispatch and the workflow a merged message belongs to."""
     if dispatch_uuid is not None:
         refresh_dispatch(conn, dispatch_uuid)
+    elif workflow_id is not None:
+        refresh_messages_workflow(conn, workflow_id)
 
 
 def _store_final_report(conn, data, callback_id, received_at):
@@ -164,35 +172,35 @@ PRICE_WINS = (
 )
 REPORT_WINS = "(excluded.final_report_at > coalesce(final_report_at, ''))"
 STATUS_TIMES = ("submitted_at", "delivered_at", "read_at", "rejected_at", "undeliverable_at")
-MESSAGE_COLUMNS = (
-    "message_uuid", "dispatch_uuid", "channel", "workflow_position", "status", "status_rank",
-    "status_at", "first_seen_at", "last_seen_at", *STATUS_TIMES, "error_code", "error_reason",
-    "price", "price_nano", "currency", "price_source", "event_count", "final_report_status",
-    "final_report_price", "final_report_at",
-)
+# The error of a message travels with the status that wins.
+ERROR_COLUMNS = ("error_code", "error_reason", "error_type", "error_title", "error_detail")
 MERGE_MESSAGE = (
-    f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)}) "
-    f"VALUES ({', '.join(':' + c for c in MESSAGE_COLUMNS)}) "
+    f"INSERT INTO messages ({', '.join(rows.MESSAGE_FIELDS)}) "
+    f"VALUES ({', '.join(':' + c for c in rows.MESSAGE_FIELDS)}) "
     "ON CONFLICT (message_uuid) DO UPDATE SET "
     + ", ".join([
-        f"dispatch_uuid = {_first('dispatch_uuid')}",
-        f"channel = {_first('channel')}",
+        *(f"{c} = {_first(c)}" for c in ("dispatch_uuid", "channel", "api", "workflow_id",
+                                          "client_ref", "network_code")),
         f"first_seen_at = {_first('first_seen_at')}",
         f"last_seen_at = {_last('last_seen_at')}",
         *(f"{c} = {_first(c)}" for c in STATUS_TIMES),
+        *(f"{c} = {_last(c)}" for c in ("workflow_legs", "sms_count")),
         "event_count = event_count + excluded.event_count",
-        *_when(REPORT_WINS, ("workflow_position", "final_report_status", "final_report_price",
-                             "final_report_at")),
-        *_when(STATUS_WINS, ("status", "status_rank", "status_at", "error_code", "error_reason")),
+        # A Messages leg's position comes with each of its statuses, a Dispatch message's
+        # with the final report (the latest report's wins).
+        f"workflow_position = CASE WHEN {REPORT_WINS} THEN excluded.workflow_position"
+        f" ELSE {_first('workflow_position')} END",
+        *_when(REPORT_WINS, ("final_report_status", "final_report_price", "final_report_at")),
+        *_when(STATUS_WINS, ("status", "status_rank", "status_at", *ERROR_COLUMNS)),
         *_when(PRICE_WINS, ("price", "price_nano", "currency", "price_source")),
     ])
-    + " RETURNING dispatch_uuid"
+    + " RETURNING dispatch_uuid, workflow_id"
 )
 
 
 def _merge_message(conn, observation):
-    """Merge one observation into its ``messages`` row; return the message's dispatch."""
-    return conn.execute(MERGE_MESSAGE, observation).fetchone()[0]
+    """Merge one observation into its ``messages`` row; return its (dispatch, workflow id)."""
+    return conn.execute(MERGE_MESSAGE, observation).fetchone()
 
 
 # A dispatch's row, recomputed from its (few) messages rows and final reports.
@@ -222,16 +230,93 @@ SELECT :d,
     coalesce(max(totals.last, latest.timestamp), totals.last, latest.timestamp),
     latest.status, latest.timestamp, latest.price, latest.price_nano, latest.currency,
     coalesce(latest.reports, 0), totals.n, totals.channels,
-    (SELECT channel FROM m WHERE status_rank IN (2, 3)
+    (SELECT channel FROM m WHERE status_rank IN {REACHED_RANKS}
      ORDER BY reached_at IS NULL, reached_at, workflow_position LIMIT 1),
     {money.sql_format('totals.price_nano')}, totals.price_nano, totals.currencies
 FROM totals LEFT JOIN latest
 """
 
 
+# A Dispatch workflow's ``workflows`` row, from its ``dispatches`` row: delivered once a leg
+# reached the person or the final report says completed (the condition was met), failed when
+# the report says error or the last leg failed, else pending.
+REFRESH_DISPATCH_WORKFLOW = f"""
+INSERT OR REPLACE INTO workflows (
+    workflow_id, api, legs, legs_seen, channels, delivered_channel, outcome, price, price_nano,
+    currency, first_seen_at, last_seen_at)
+SELECT d.dispatch_uuid, 'dispatch', max(d.message_count, coalesce(r.message_count, 0)),
+    d.message_count, d.channels, d.delivered_channel,
+    CASE
+        WHEN d.delivered_channel IS NOT NULL OR d.final_status = 'completed' THEN 'delivered'
+        WHEN d.final_status = 'error' OR EXISTS (
+            SELECT 1 FROM messages m WHERE m.dispatch_uuid = d.dispatch_uuid
+            AND m.workflow_position = r.message_count AND m.status_rank IN {FAILED_RANKS})
+        THEN 'failed'
+        ELSE 'pending'
+    END,
+    d.messages_price, d.messages_price_nano, d.messages_currency, d.first_seen_at,
+    d.last_seen_at
+FROM dispatches d
+LEFT JOIN (SELECT message_count FROM final_reports WHERE dispatch_uuid = :d
+           ORDER BY timestamp DESC, id DESC LIMIT 1) r
+WHERE d.dispatch_uuid = :d
+"""
+
+# A Messages failover workflow's row, from its legs (there is no final report): legs in leg
+# order; delivered once a leg reached the person, failed when the last leg (items_total) was
+# rejected or undeliverable, else pending. Amounts in different currencies are not added up.
+REFRESH_MESSAGES_WORKFLOW = f"""
+INSERT OR REPLACE INTO workflows (
+    workflow_id, api, legs, legs_seen, channels, delivered_channel, outcome, price, price_nano,
+    currency, first_seen_at, last_seen_at)
+WITH m AS MATERIALIZED (
+    SELECT channel, status_rank, workflow_position, workflow_legs, first_seen_at, last_seen_at,
+           price_nano, currency, coalesce(delivered_at, read_at) AS reached_at,
+           status_rank IN {REACHED_RANKS} OR delivered_at IS NOT NULL OR read_at IS NOT NULL
+               AS reached
+    FROM messages WHERE workflow_id = :w
+    ORDER BY workflow_position IS NULL, workflow_position, first_seen_at, message_uuid),
+totals AS (
+    SELECT count(*) AS n, max(workflow_legs) AS total, group_concat(channel, ',') AS channels,
+           min(first_seen_at) AS first, max(last_seen_at) AS last,
+           CASE WHEN count(DISTINCT currency) <= 1 THEN sum(price_nano) END AS price_nano,
+           group_concat(DISTINCT currency) AS currencies
+    FROM m)
+SELECT :w, 'messages', max(n, coalesce(total, 0)), n, channels,
+    (SELECT channel FROM m WHERE reached
+     ORDER BY reached_at IS NULL, reached_at, workflow_position LIMIT 1),
+    CASE
+        WHEN EXISTS (SELECT 1 FROM m WHERE reached) THEN 'delivered'
+        WHEN EXISTS (SELECT 1 FROM m WHERE workflow_position = totals.total
+                     AND status_rank IN {FAILED_RANKS}) THEN 'failed'
+        ELSE 'pending'
+    END,
+    {money.sql_format('price_nano')}, price_nano, currencies, first, last
+FROM totals
+"""
+
+
 def refresh_dispatch(conn, dispatch_uuid):
-    """Recompute the ``dispatches`` row of one dispatch from its messages and final reports."""
+    """Recompute the ``dispatches`` row of one dispatch from its messages and final reports,
+    and its ``workflows`` row from that."""
     conn.execute(REFRESH_DISPATCH, {"d": dispatch_uuid})
+    conn.execute(REFRESH_DISPATCH_WORKFLOW, {"d": dispatch_uuid})
+
+
+def refresh_messages_workflow(conn, workflow_id):
+    """Recompute the ``workflows`` row of one Messages failover workflow from its legs."""
+    conn.execute(REFRESH_MESSAGES_WORKFLOW, {"w": workflow_id})
+
+
+def refresh_all_workflows(conn):
+    """Recompute every ``workflows`` row (a rebuild, or the migration that adds the table)."""
+    for (dispatch_uuid,) in conn.execute("SELECT dispatch_uuid FROM dispatches").fetchall():
+        conn.execute(REFRESH_DISPATCH_WORKFLOW, {"d": dispatch_uuid})
+    workflow_ids = conn.execute(
+        "SELECT DISTINCT workflow_id FROM messages WHERE workflow_id IS NOT NULL "
+        "AND dispatch_uuid IS NULL").fetchall()
+    for (workflow_id,) in workflow_ids:
+        refresh_messages_workflow(conn, workflow_id)
 
 
 def store_rejection(conn, rejection, delivery, *, truncated=False, body_bytes=None):
@@ -279,6 +364,7 @@ def rebuild_derived(conn):
     """
     conn.execute("DELETE FROM messages")
     conn.execute("DELETE FROM dispatches")
+    conn.execute("DELETE FROM workflows")
     columns = [c[1] for c in conn.execute("PRAGMA table_info(status_events)")]
     for values in conn.execute("SELECT * FROM status_events ORDER BY id").fetchall():
         _merge_message(conn, rows.message_from_status(dict(zip(columns, values))))
@@ -298,21 +384,22 @@ def rebuild_derived(conn):
         "UNION SELECT dispatch_uuid FROM final_reports"
     ).fetchall()
     for (dispatch_uuid,) in dispatch_uuids:
-        refresh_dispatch(conn, dispatch_uuid)
+        conn.execute(REFRESH_DISPATCH, {"d": dispatch_uuid})
+    refresh_all_workflows(conn)
 
 
 def derived_differences(conn):
-    """Rows of ``messages`` and ``dispatches`` that differ from a rebuild from the event log.
+    """Rows of the derived tables that differ from a rebuild from the event log.
 
     Returns {table: number of differing rows}; the database is left unchanged.
     """
     conn.execute("BEGIN IMMEDIATE")
     try:
-        conn.execute("CREATE TEMP TABLE stored_messages AS SELECT * FROM messages")
-        conn.execute("CREATE TEMP TABLE stored_dispatches AS SELECT * FROM dispatches")
+        for table in DERIVED_TABLES:
+            conn.execute(f"CREATE TEMP TABLE stored_{table} AS SELECT * FROM {table}")
         rebuild_derived(conn)
         differences = {}
-        for table in ("messages", "dispatches"):
+        for table in DERIVED_TABLES:
             differences[table] = conn.execute(
                 f"SELECT count(*) FROM (SELECT * FROM {table} EXCEPT SELECT * FROM temp.stored_{table}"
                 f" UNION ALL SELECT * FROM temp.stored_{table} EXCEPT SELECT * FROM {table})"
@@ -320,5 +407,9 @@ def derived_differences(conn):
         return differences
     finally:
         conn.execute("ROLLBACK")
-        conn.execute("DROP TABLE IF EXISTS temp.stored_messages")
-        conn.execute("DROP TABLE IF EXISTS temp.stored_dispatches")
+        for table in DERIVED_TABLES:
+            conn.execute(f"DROP TABLE IF EXISTS temp.stored_{table}")
+
+
+# The tables recomputed from the event log (``receiver rebuild``; compared by ``check``).
+DERIVED_TABLES = ("messages", "dispatches", "workflows")

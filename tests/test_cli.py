@@ -154,7 +154,7 @@ def test_config_names_an_invalid_variable(runner, monkeypatch):
 # callback arrived. The scenario: an older receiver rejected unknown top-level fields, and
 # Vonage started sending a new one (FIELD-NOTES: "Vonage adds fields over time").
 
-NEW_FIELD = status("m-new-field", "d-1", "delivered", price="0.0333", client_ref="order-17")
+NEW_FIELD = status("m-new-field", "d-1", "delivered", price="0.0333", brand="Acme")
 STILL_BAD = status("m-bogus", "d-1", "bogus")
 NOT_JSON = b"<xml>not json</xml>"
 
@@ -182,7 +182,7 @@ def rejected(db_path, client, rows, upgrade):
         assert response.status_code == expected
         ids[name] = response.get_json()["rejected_id"]
     errors = json.loads(rows(db_path, "SELECT error FROM rejected_callbacks WHERE id = ?", ids["new_field"])[0]["error"])
-    assert errors["errors"]["json"] == {"client_ref": ["Unknown field."]}
+    assert errors["errors"]["json"] == {"brand": ["Unknown field."]}
     return ids
 
 
@@ -309,7 +309,7 @@ def test_one_body_that_cannot_be_stored_does_not_stop_reprocess(runner, db_path,
     message) is rolled back alone and stays pending; the other rows are reprocessed."""
     from receiver import store
 
-    unstorable = dumps(status("m-unstorable", "d-1", client_ref="x"))
+    unstorable = dumps(status("m-unstorable", "d-1", brand="x"))
     assert post_to(client, unstorable).status_code == 422
     assert post_to(client, dumps(NEW_FIELD)).status_code == 422
     upgrade()

@@ -85,7 +85,16 @@ def derived_rows(query, d, wa, sms):
     return (
         [normalised(r, names) for r in query("SELECT * FROM messages WHERE dispatch_uuid = ? ORDER BY workflow_position", d)],
         [normalised(r, names) for r in query("SELECT * FROM dispatches WHERE dispatch_uuid = ?", d)],
+        [normalised(r, names) for r in query("SELECT * FROM workflows WHERE workflow_id = ?", d)],
     )
+
+
+# What a Dispatch message has in the columns Messages API v1 added.
+DISPATCH_MESSAGE = {
+    "api": "dispatch", "workflow_id": None, "workflow_legs": None, "client_ref": None,
+    "error_type": None, "error_title": None, "error_detail": None, "network_code": None,
+    "sms_count": None,
+}
 
 
 EXPECTED_MESSAGES = [
@@ -98,7 +107,7 @@ EXPECTED_MESSAGES = [
         "error_code": None, "error_reason": None,
         "price": "0.0020", "price_nano": 2_000_000, "currency": "EUR", "price_source": "status",
         "event_count": 3, "final_report_status": "submitted", "final_report_price": "0.0020",
-        "final_report_at": "2026-11-01T10:10:03.500000Z",
+        "final_report_at": "2026-11-01T10:10:03.500000Z", **DISPATCH_MESSAGE,
     },
     {
         "message_uuid": "SMS", "dispatch_uuid": "D", "channel": "sms", "workflow_position": 2,
@@ -109,7 +118,7 @@ EXPECTED_MESSAGES = [
         "error_code": None, "error_reason": None,
         "price": "0.0333", "price_nano": 33_300_000, "currency": "EUR", "price_source": "status",
         "event_count": 2, "final_report_status": "delivered", "final_report_price": "0.0333",
-        "final_report_at": "2026-11-01T10:10:03.500000Z",
+        "final_report_at": "2026-11-01T10:10:03.500000Z", **DISPATCH_MESSAGE,
     },
 ]
 
@@ -126,12 +135,23 @@ EXPECTED_DISPATCH = [
     }
 ]
 
+# The same dispatch as a row of `workflows`, the table of failover workflows of either API.
+EXPECTED_WORKFLOW = [
+    {
+        "workflow_id": "D", "api": "dispatch", "legs": 2, "legs_seen": 2,
+        "channels": "whatsapp,sms", "delivered_channel": "sms", "outcome": "delivered",
+        "price": "0.0353", "price_nano": 35_300_000, "currency": "EUR",
+        "first_seen_at": "2026-11-01T10:00:00.000000Z", "last_seen_at": "2026-11-01T10:13:00.000000Z",
+    }
+]
+EXPECTED = (EXPECTED_MESSAGES, EXPECTED_DISPATCH, EXPECTED_WORKFLOW)
+
 
 def test_the_failover_workflow_gives_the_expected_rows(post, rows, db_path):
     d, wa, sms, bodies = failover_workflow()
     stored(post, *bodies)
     query = lambda sql, *p: rows(db_path, sql, *p)  # noqa: E731
-    assert derived_rows(query, d, wa, sms) == (EXPECTED_MESSAGES, EXPECTED_DISPATCH)
+    assert derived_rows(query, d, wa, sms) == EXPECTED
     assert rows(db_path, "SELECT count(*) AS n FROM status_events WHERE dispatch_uuid = ?", d) == [{"n": 5}]
 
 
@@ -156,7 +176,7 @@ def test_every_arrival_order_of_the_failover_workflow_gives_the_same_rows(tmp_pa
             for i in order:
                 body = dumps(bodies[i])
                 store.store_callback(conn, parse(body), store.Delivery(body, "/webhooks/vonage", store.utcnow()))
-        if derived_rows(query, d, wa, sms) != (EXPECTED_MESSAGES, EXPECTED_DISPATCH):
+        if derived_rows(query, d, wa, sms) != EXPECTED:
             differing.append(order)
     conn.close()
     assert differing == []
@@ -168,7 +188,7 @@ def test_arrival_orders_through_http_give_the_same_rows(post, rows, db_path, ord
     d, wa, sms, bodies = failover_workflow()
     stored(post, *(bodies[i] for i in order))
     query = lambda sql, *p: rows(db_path, sql, *p)  # noqa: E731
-    assert derived_rows(query, d, wa, sms) == (EXPECTED_MESSAGES, EXPECTED_DISPATCH)
+    assert derived_rows(query, d, wa, sms) == EXPECTED
 
 
 @pytest.mark.parametrize("report_first", [True, False])
@@ -177,7 +197,7 @@ def test_final_report_before_or_after_the_statuses(post, rows, db_path, report_f
     report, statuses = bodies[3], bodies[:3] + bodies[4:]
     stored(post, *([report] + statuses if report_first else statuses + [report]))
     query = lambda sql, *p: rows(db_path, sql, *p)  # noqa: E731
-    assert derived_rows(query, d, wa, sms) == (EXPECTED_MESSAGES, EXPECTED_DISPATCH)
+    assert derived_rows(query, d, wa, sms) == EXPECTED
 
 
 def test_a_partial_workflow_shows_what_has_arrived(post, rows, db_path):
