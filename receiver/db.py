@@ -257,10 +257,14 @@ def init_db(path, **kwargs):
                     f"{path} has schema version {version}, newer than this receiver's "
                     f"{SCHEMA_VERSION}; upgrade the receiver"
                 )
-            for statement in TABLES.split(";"):
-                if statement.strip():
+            statements = [s.strip() for s in TABLES.split(";") if s.strip()]
+            tables = [s for s in statements if s.startswith("CREATE TABLE")]
+            for statement in tables:
+                conn.execute(statement)
+            _add_missing_columns(conn)  # before the indexes, which may cover new columns
+            for statement in statements:
+                if statement not in tables:
                     conn.execute(statement)
-            _add_missing_columns(conn)
             if 0 < version < 2:
                 # Schema 2 adds `workflows`: one row for each dispatch stored before it.
                 from . import store  # store imports db

@@ -76,10 +76,11 @@ def _v1_status(data):
     }
     sms = data.get("sms") or {}
     row["sms_count"] = sms.get("count_total", sms.get("total_count"))
-    for side, key in (("to", "to"), ("from", "from")):
-        # Phone numbers in *_number (as Dispatch rows), any other address in *_id.
-        address = data[key]
-        digits = address.isascii() and address.isdigit()
+    for side in ("to", "from"):
+        # Phone numbers in *_number, any other address (and Messenger's ids) in *_id, as
+        # Dispatch rows have them.
+        address = data[side]
+        digits = address.isascii() and address.isdigit() and channel != "messenger"
         row[f"{side}_number"] = address if digits else None
         row[f"{side}_id"] = None if digits else address
     return row

@@ -33,6 +33,8 @@ END"""
 VIEWS = {
     "billing_lines": f"""
 SELECT
+    api,
+    coalesce(dispatch_uuid, workflow_id) AS workflow_id,
     dispatch_uuid,
     message_uuid,
     channel,
@@ -69,8 +71,31 @@ SELECT
             AND m.price_nano IS NOT NULL AND ({CHARGED_AT}) > d.final_timestamp
         ) THEN 'a message was charged after the final report'
         ELSE 'totals differ'
-    END AS reason
+    END AS reason,
+    'dispatch' AS api,
+    d.dispatch_uuid AS workflow_id
 FROM dispatches d
+UNION ALL
+SELECT
+    NULL, w.first_seen_at, NULL, NULL, NULL, w.price, w.currency, NULL, NULL,
+    'Messages API workflow: Vonage sends no total to compare with (its cost is the sum of its legs)',
+    'messages', w.workflow_id
+FROM workflows w WHERE w.api = 'messages'
+""",
+    # What each failover workflow of either API cost, one row per currency: never a sum
+    # across currencies.
+    "workflow_costs": f"""
+SELECT
+    coalesce(dispatch_uuid, workflow_id) AS workflow_id,
+    api,
+    currency,
+    count(*) AS priced_messages,
+    group_concat(channel, ',') AS channels,
+    {money.sql_format('sum(price_nano)')} AS price,
+    sum(price_nano) AS price_nano
+FROM messages
+WHERE price_nano IS NOT NULL AND coalesce(dispatch_uuid, workflow_id) IS NOT NULL
+GROUP BY 1, api, currency
 """,
 }
 

@@ -131,3 +131,75 @@ def variant(body, **changes):
     copy_ = copy.deepcopy(body)
     copy_.update(changes)
     return copy_
+
+
+# --- Messages API v1 ------------------------------------------------------------------------
+
+WORKFLOW_ID = "3TcNjguHxr2vcCZ9Ddsnq6tw8yQUpZ9rMHv9QXSxLan5ibMxqSzLdx9"  # the spec's example
+
+# A recipient and a sender of each channel, as the spec's address types have them.
+V1_ADDRESSES = {
+    "sms": ("447700900000", "447700900001"),
+    "mms": ("447700900000", "447700900001"),
+    "rcs": ("447700900000", "Vonage"),
+    "whatsapp": ("US.13491208655302741918", "447700900001"),
+    "messenger": ("0123456789", "9876543210"),
+    "viber_service": ("447700900000", "447700900001"),
+    "email": ("customer@example.com", "no-reply@example.org"),
+}
+
+
+def v1_status(message_uuid=None, status="delivered", *, channel="sms",
+              timestamp="2026-11-01T10:00:00Z", price=None, currency="EUR", workflow=None,
+              spelling="spec", error=None, **extra):
+    """A Messages API v1 status webhook. ``workflow`` is (workflow_id, leg, legs) of a failover
+    leg, spelt as the spec (strings) or, with ``spelling="java"``, as Vonage's Java SDK
+    (``id``, ``item_number``, ``total_items``, integers); ``error`` is (title, detail)."""
+    to, sender = V1_ADDRESSES[channel]
+    body = {"message_uuid": message_uuid or new_uuid(), "to": to, "from": sender,
+            "timestamp": timestamp, "status": status, "channel": channel}
+    if price is not None:
+        body["usage"] = {"currency": currency, "price": price}
+    if error is not None:
+        title, detail = error
+        body["error"] = {"type": f"https://developer.vonage.com/api-errors/messages#{title}",
+                         "title": title, "detail": detail,
+                         "instance": "bf0ca0bf927b3b52e3cb03217e1a1ddf"}
+    if workflow is not None:
+        workflow_id, leg, legs = workflow
+        body["workflow"] = (
+            {"workflow_id": workflow_id, "items_number": str(leg), "items_total": str(legs)}
+            if spelling == "spec" else
+            {"id": workflow_id, "item_number": leg, "total_items": legs})
+    body.update(extra)
+    return body
+
+
+def messages_failover(channels=("rcs", "whatsapp", "sms"), *, delivered=True, workflow_id=None,
+                      spelling="spec"):
+    """A Messages failover request's callbacks, in the order Vonage would send them: each leg
+    but the last submitted then rejected (error 1300 as a string title, or a number with the
+    Java spelling), the last leg submitted (SMS priced at submitted) then delivered or
+    rejected. Returns (workflow_id, [leg message uuids], [bodies])."""
+    workflow_id = workflow_id or f"{WORKFLOW_ID[:40]}{uuid.uuid4().hex[:15]}"
+    legs, bodies, minute = len(channels), [], 0
+    uuids = [new_uuid() for _ in channels]
+    for leg, (channel, m) in enumerate(zip(channels, uuids), start=1):
+        last = leg == legs
+        price = "0.0333" if channel in ("sms", "mms") else None
+
+        def at(seconds, _minute=minute):
+            return f"2026-11-01T10:{_minute:02d}:{seconds:02d}Z"
+
+        common = {"channel": channel, "workflow": (workflow_id, leg, legs), "spelling": spelling}
+        bodies.append(v1_status(m, "submitted", timestamp=at(0), price=price, **common))
+        if last and delivered:
+            bodies.append(v1_status(m, "delivered", timestamp=at(5),
+                                    price=None if price or channel in ("rcs", "email") else "0.0100",
+                                    **common))
+        else:
+            title = 1300 if spelling == "java" else "1300"
+            bodies.append(v1_status(m, "rejected", timestamp=at(30),
+                                    error=(title, "Not part of the provider network"), **common))
+        minute += 1
+    return workflow_id, uuids, bodies
