@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from receiver import views
+
 import datasette_data
 from servers import ROOT, VENV_BIN, free_port
 
@@ -126,8 +128,8 @@ def test_command_creates_the_schema_and_serves_the_file_on_loopback(tmp_path):
     try:
         database = requests.get(f"{process.url}/fresh-events.json", timeout=10).json()
         tables = {t["name"] for t in database["tables"]}
-        assert {"callbacks", "status_events", "messages", "dispatches"} <= tables
-        assert {v["name"] for v in database["views"]} == {"billing_lines", "billing_reconciliation"}
+        assert {"callbacks", "status_events", "messages", "dispatches", "workflows"} <= tables
+        assert {v["name"] for v in database["views"]} == set(views.VIEWS)
         assert requests.get(f"{process.url}/-/dashboards/dispatch", timeout=10).status_code == 200
     finally:
         process.stop()

@@ -18,14 +18,18 @@ import time
 import uuid
 from datetime import datetime, timezone
 
+import warnings
+
 import jwt
 import pytest
+import vonage_jwt
 from click.testing import CliRunner
 
 import payloads
 from receiver import create_app
 from receiver.cli import cli
 from receiver.db import init_db
+from receiver.signatures import parse_secrets
 
 # 64-byte secrets: long enough for HS256 and for the HS512 token below without PyJWT's
 # InsecureKeyLengthWarning (an error under this suite's filterwarnings).
@@ -116,7 +120,60 @@ def unsigned_token_labelled(alg, claims):
 
 def post(client, body, authorization=None, path="/webhooks/vonage"):
     headers = {"Authorization": authorization} if authorization is not None else {}
-    return client.post(path, data=body, headers=headers, content_type="application/json")
+    response = client.post(path, data=body, headers=headers, content_type="application/json")
+    agree_with_vonages_verifier(client, authorization, response)
+    return response
+
+
+# Our refusals that come before (or instead of) checking the token's signature; any other
+# answer means the signature itself verified.
+SIGNATURE_REASONS = {"missing_token", "malformed_token", "bad_algorithm", "bad_signature",
+                     "unknown_api_key"}
+
+
+def vonages_verdict(token, secrets):
+    """Vonage's Python SDK's verifier with each secret that could apply: True, False, or the
+    name of what it raised (it raises on what it will not decide, e.g. an iat in the future)."""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+        api_key = claims.get("api_key") if isinstance(claims, dict) else None
+    except jwt.PyJWTError:
+        api_key = None
+    verdicts = []
+    for key, secret in secrets:
+        if key is not None and key != api_key:
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # short test secrets: InsecureKeyLengthWarning
+            try:
+                verdicts.append(vonage_jwt.verify_signature(token, secret))
+            except vonage_jwt.VonageVerifyJwtError as error:
+                verdicts.append(str(error).split("(", 1)[0])
+    return True if True in verdicts else (verdicts[0] if verdicts else False)
+
+
+def agree_with_vonages_verifier(client, authorization, response):
+    """Every signed post: where our verdict is on the signature, Vonage's verifier agrees."""
+    settings = client.application.config["RECEIVER_SETTINGS"]
+    secrets = parse_secrets(settings.signature_secret, settings.signature_secrets)
+    if not secrets or not authorization or not authorization.startswith("Bearer "):
+        return
+    token = authorization.removeprefix("Bearer ").strip()
+    ours = response.get_json().get("reason") if response.status_code == 401 else "stored"
+    theirs = vonages_verdict(token, secrets)
+    if ours in SIGNATURE_REASONS:
+        assert theirs is not True, f"we refused ({ours}) a token Vonage's verifier accepts"
+    elif ours == "stored":
+        # PyJWT refuses any iat ahead of its clock; we allow VONAGE_SIGNATURE_MAX_SKEW_S.
+        assert theirs in (True, "ImmatureSignatureError"), theirs
+    else:
+        # The signature verified and we refused a claim (payload_hash, iat, exp, nbf): theirs
+        # accepts the signature too, and at most refuses the claims PyJWT checks itself.
+        assert theirs in (True, *CLAIM_ERRORS), f"Vonage's verifier says {theirs!r} where ours says {ours}"
+
+
+# What PyJWT (inside Vonage's verifier) raises about the claims it checks: iat, exp, nbf.
+CLAIM_ERRORS = ("ImmatureSignatureError", "ExpiredSignatureError", "InvalidIssuedAtError")
 
 
 def query(db_path, sql, params=()):
@@ -714,3 +771,18 @@ def test_basic_auth_and_signatures_cannot_both_be_set():
 
     with pytest.raises(ValueError, match="Authorization"):
         settings_from(basic_auth="a:b", signature_secret="x" * 32)
+
+
+def test_ours_refuses_what_vonages_verifier_does_not_check(db_path, client):
+    """A genuine token replayed with another body, and one issued two days ago: Vonage's SDK
+    verifier says True to both (it checks the signature only); ours refuses them."""
+    body, other = body_bytes(), body_bytes(status="read")
+    replayed = make_token(other)
+    response = post(client, body, bearer(replayed))
+    assert response.get_json()["reason"] == "payload_hash_mismatch"
+    assert vonage_jwt.verify_signature(replayed, SECRET) is True
+    old = make_token(body, iat=int(time.time()) - 2 * 86400)
+    response = post(client, body, bearer(old))
+    assert response.get_json()["reason"] == "stale_iat"
+    assert vonage_jwt.verify_signature(old, SECRET) is True
+
