@@ -301,17 +301,21 @@ def export_events(database, start, end, output, fmt):
 @click.option("--seed", default=0, show_default=True, help="Random seed; the same seed gives the same traffic.")
 @click.option("--days", default=30, show_default=True, help="Spread the workflows over this many past days.")
 @click.option("--concurrency", default=8, show_default=True, help="Parallel requests with --url.")
-def simulate_command(database, count, url, secret, seed, days, concurrency):
-    """Generate realistic Dispatch traffic: failover workflows, their statuses and final reports.
+@click.option("--api", type=click.Choice(["dispatch", "messages", "mixed"]), default="dispatch",
+              show_default=True, help="Dispatch workflows (statuses and final reports), Messages "
+              "API v1 failover (v1 statuses of each leg), or half of each, as during a migration.")
+def simulate_command(database, count, url, secret, seed, days, concurrency, api):
+    """Generate realistic traffic: failover workflows of the Dispatch API (statuses and final
+    reports) and/or of the Messages API v1 (v1 status webhooks of each leg).
 
     With --url the callbacks are posted (signed when a secret is set); otherwise they are
     validated and written through the receiver's own storage code.
 
-    Example: receiver simulate --dispatches 500 --url http://127.0.0.1:8000/webhooks/vonage
+    Example: receiver simulate --api mixed --dispatches 500 --url http://127.0.0.1:8000/webhooks/vonage
     """
     from . import simulate
 
-    workflows = simulate.generate(count, seed=seed, days=days)
+    workflows = simulate.generate(count, seed=seed, days=days, api=api)
     if url:
         outcome = simulate.post_all(workflows, url, secret=secret, concurrency=concurrency,
                                     progress=_progress(count, "Posting"))

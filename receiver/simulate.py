@@ -1,8 +1,11 @@
-"""Realistic Dispatch traffic: failover workflows as Vonage delivers their callbacks.
+"""Realistic traffic: failover workflows of the Dispatch API and of the Messages API v1, as
+Vonage delivers their callbacks.
 
 Channels in failover order, statuses with Vonage-like timing, out-of-order arrivals,
-duplicate deliveries (retries), late first legs that arrive after the final report (so the
-report's total differs), error codes from Vonage's list, prices as decimal strings.
+duplicate deliveries (retries), error codes from Vonage's list, prices as decimal strings.
+Dispatch: late first legs that arrive after the final report (so the report's total differs).
+Messages: a leg fails over when rejected; late statuses of earlier legs; both spellings of
+``workflow`` (the spec's and the Java SDK's); error titles as strings and as numbers.
 """
 
 import hashlib
@@ -151,6 +154,11 @@ def workflow(rng, start):
     for channel, price, status_body in late_legs:
         late_at = report_at + timedelta(seconds=rng.uniform(30, 1800))
         events.append((late_at, status_body("delivered", late_at, usage=True)))
+    return dispatch_uuid, _arrivals(events, rng)
+
+
+def _arrivals(events, rng):
+    """(time, body) events -> Deliveries in arrival order, with retries."""
     # Arrival order: mostly by time, with occasional swaps (read before delivered, say).
     events.sort(key=lambda e: e[0])
     for i in range(len(events) - 1):
@@ -161,16 +169,99 @@ def workflow(rng, start):
     for delivery in list(deliveries):
         if rng.random() < 0.03:
             deliveries.append(Delivery(delivery.at + timedelta(seconds=5), delivery.body))
-    return dispatch_uuid, deliveries
+    return deliveries
 
 
-def generate(dispatches, *, seed=0, start=None, days=30):
-    """Yield (dispatch_uuid, [Delivery, ...]) for ``dispatches`` workflows spread over ``days``."""
+# Messages API failover plans (v1 channel names): a leg fails over only when rejected.
+MESSAGES_PLANS = (
+    (("whatsapp", "sms"), 35),
+    (("rcs", "sms"), 25),
+    (("whatsapp", "viber_service", "sms"), 15),
+    (("messenger", "sms"), 10),
+    (("rcs", "whatsapp", "sms"), 10),
+    (("sms",), 5),
+)
+V1_PRICES = {**PRICES, "viber_service": PRICES["viber_service_msg"], "rcs": (None,)}
+BASE58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+
+
+def _iso_seconds(moment):
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")  # v1 timestamps carry no milliseconds
+
+
+def messages_workflow(rng, start):
+    """One Messages API failover request's v1 status callbacks in arrival order, and its
+    workflow id (a plain message when the plan has one channel: no ``workflow`` object)."""
+    plans, weights = zip(*MESSAGES_PLANS)
+    channels = rng.choices(plans, weights)[0]
+    workflow_id = "".join(rng.choice(BASE58) for _ in range(55))
+    java = rng.random() < 0.15  # Vonage's Java SDK spelling: id, item_number, total_items
+    events, clock = [], start
+    number = f"44770090{rng.randrange(10**4):04d}"
+    for leg, channel in enumerate(channels, start=1):
+        message_uuid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        price = rng.choice(V1_PRICES[channel])
+        to = {"messenger": str(rng.randrange(10**15, 10**16))}.get(channel, number)
+        sender = {"rcs": "Vonage", "messenger": "5432109876543210"}.get(channel, "447700900000")
+
+        def status_body(status, at, usage=False, error=None, message_uuid=message_uuid,
+                        channel=channel, leg=leg, to=to, sender=sender, price=price):
+            body = {"message_uuid": message_uuid, "to": to, "from": sender,
+                    "timestamp": _iso_seconds(at), "status": status, "channel": channel}
+            if usage and price:
+                body["usage"] = {"currency": "EUR", "price": price}
+            if error:
+                code, detail = error
+                body["error"] = {"type": f"https://developer.vonage.com/api-errors/messages#{code}",
+                                 "title": code if rng.random() < 0.2 else str(code),
+                                 "detail": detail, "instance": uuid.UUID(int=rng.getrandbits(128)).hex}
+            if len(channels) > 1:
+                body["workflow"] = (
+                    {"id": workflow_id, "item_number": leg, "total_items": len(channels)} if java
+                    else {"workflow_id": workflow_id, "items_number": str(leg),
+                          "items_total": str(len(channels))})
+            if channel == "sms" and status == "submitted":
+                body["sms"] = {"count_total": "1"}
+                body["destination"] = {"network_code": "23410"}
+            return body
+
+        submitted_at = clock + timedelta(milliseconds=rng.randrange(200, 1500))
+        # A leg's submitted callback is sometimes late: after the next legs' (up to hours).
+        submitted_arrives = submitted_at + timedelta(
+            seconds=rng.uniform(60, 7200) if rng.random() < 0.1 else 0)
+        events.append((submitted_arrives,
+                       status_body("submitted", submitted_at, usage=channel in CHARGED_AT_SUBMIT)))
+        last = leg == len(channels)
+        if rng.random() < (0.1 if last else 0.4):
+            rejected_at = submitted_at + timedelta(seconds=rng.uniform(1, 60))
+            events.append((rejected_at, status_body("rejected", rejected_at,
+                                                    error=rng.choice(ERRORS))))
+            clock = rejected_at
+            continue
+        delivered_at = submitted_at + timedelta(seconds=rng.uniform(1, 300))
+        events.append((delivered_at, status_body("delivered", delivered_at,
+                                                 usage=channel not in CHARGED_AT_SUBMIT)))
+        if channel not in ("sms", "mms") and rng.random() < 0.5:
+            # Read receipts come late: up to days for WhatsApp.
+            read_at = delivered_at + timedelta(seconds=rng.uniform(5, 3 * 86400))
+            events.append((read_at, status_body("read", read_at)))
+        break
+    return workflow_id, _arrivals(events, rng)
+
+
+APIS = ("dispatch", "messages", "mixed")
+
+
+def generate(dispatches, *, seed=0, start=None, days=30, api="dispatch"):
+    """Yield (workflow id, [Delivery, ...]) for ``dispatches`` workflows spread over ``days``:
+    Dispatch's, Messages API v1's, or (``mixed``) half of each, as during a migration."""
     rng = random.Random(seed)
     start = start or (datetime.now(timezone.utc) - timedelta(days=days)).replace(microsecond=0)
     span = days * 86400
     for _ in range(dispatches):
-        yield workflow(rng, start + timedelta(seconds=rng.uniform(0, span)))
+        at = start + timedelta(seconds=rng.uniform(0, span))
+        messages = api == "messages" or (api == "mixed" and rng.random() < 0.5)
+        yield (messages_workflow if messages else workflow)(rng, at)
 
 
 def sign(body, secret, api_key="simulated", application_id=None, now=None):

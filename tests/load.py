@@ -253,7 +253,7 @@ def distinct_bodies(seed):
     """
     seen = set()
     for round_ in itertools.count():
-        for _, deliveries in simulate.generate(2000, seed=seed * 1_000_003 + round_):
+        for _, deliveries in simulate.generate(2000, seed=seed * 1_000_003 + round_, api="mixed"):
             for delivery in deliveries:
                 digest = hashlib.sha256(delivery.body).hexdigest()
                 if digest not in seen:

@@ -439,3 +439,31 @@ def test_reprocess_stores_the_v1_body_an_older_version_refused(old_db, rows, run
     assert rows(old_db, "SELECT reprocess_result FROM rejected_callbacks") == [{"reprocess_result": "stored"}]
     result = runner.invoke(["check", "--db", str(old_db)])
     assert result.exit_code == 0, result.output
+
+
+# --- simulated Messages traffic ----------------------------------------------------------
+
+
+def test_simulate_makes_realistic_messages_failover_beside_dispatch(tmp_path, runner, rows):
+    path = tmp_path / "sim.db"
+    result = runner.invoke(["simulate", "--api", "mixed", "--dispatches", "300", "--seed", "7", "--db", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "0 rejected" in result.stderr  # every simulated body passes today's validation
+    apis = {r["api"]: r["n"] for r in rows(path, "SELECT api, count(*) AS n FROM workflows GROUP BY api")}
+    assert apis["dispatch"] > 100 and apis["messages"] > 100
+    bodies = [json.loads(r["body"]) for r in rows(path, "SELECT body FROM callbacks WHERE api = 'messages'")]
+    workflows = [b["workflow"] for b in bodies if "workflow" in b]
+    assert any("workflow_id" in w for w in workflows) and any("id" in w for w in workflows)  # both spellings
+    titles = [b["error"]["title"] for b in bodies if "error" in b]
+    assert any(isinstance(t, int) for t in titles) and any(isinstance(t, str) for t in titles)
+    # Legs rejected then the next leg: failed-over workflows delivered on a later leg.
+    later = rows(path, "SELECT count(*) AS n FROM workflows w JOIN messages m ON m.workflow_id = w.workflow_id "
+                       "AND m.channel = w.delivered_channel WHERE w.api = 'messages' AND m.workflow_position > 1")
+    assert later[0]["n"] > 10
+    # Late statuses of earlier legs: a leg's submitted arriving after a later leg's callback.
+    late = rows(path, """SELECT count(*) AS n FROM status_events a JOIN status_events b
+                         ON a.workflow_id = b.workflow_id AND a.workflow_leg < b.workflow_leg
+                         WHERE a.received_at > b.received_at""")
+    assert late[0]["n"] > 0
+    result = runner.invoke(["check", "--db", str(path)])
+    assert result.exit_code == 0, result.output
