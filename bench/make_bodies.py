@@ -1,11 +1,14 @@
-"""Pre-generate the benchmark's callbacks: realistic Dispatch failover traffic, one per line.
+"""Pre-generate the benchmark's callbacks: realistic Dispatch and Messages API v1 failover
+traffic, one per line.
 
 Each line is ``<Authorization header value or empty>\\t<JSON body>``. Dispatches of one to three
 messages (whatsapp -> viber_service_msg -> sms failover) produce their statuses and one final
 report; many dispatches are in progress at once, so their callbacks interleave, and about 5 % of
 the lines are exact re-deliveries (same bytes, same token) of a body sent shortly before, as
 Vonage's retries are. The mix comes out at about 80 % statuses, 15 % final reports, 5 %
-re-deliveries. Every uuid is drawn from the seed, so one (count, seed) gives one file; a fresh
+re-deliveries. Half of the workflows (MESSAGES_SHARE) are Messages API v1 failover
+requests instead (RCS or WhatsApp, then SMS; each leg's v1 statuses carry ``workflow``): their
+lines are of kind ``v1_status``, so the mix printed says the v1 share. Every uuid is drawn from the seed, so one (count, seed) gives one file; a fresh
 database per run makes every first delivery new to the store.
 
     python bench/make_bodies.py --count 200000 --out bench-results/bodies.tsv
@@ -27,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.payloads import final_report, status  # noqa: E402  (the tests' body builders)
+from tests.payloads import final_report, status, v1_status  # noqa: E402  (the tests' body builders)
 
 LEGS = ("whatsapp", "viber_service_msg", "sms")
 # Dispatches of 1, 2 and 3 messages; with the leg shapes below this gives ~5.3 statuses per
@@ -42,6 +45,9 @@ ACTIVE_DISPATCHES = 48
 REDELIVERY_WINDOW = 2000
 EPOCH = datetime(2026, 11, 1, 8, 0, tzinfo=timezone.utc)
 API_KEY = "bench0001"
+# The share of workflows that are Messages API v1 failover requests (a migration half done).
+MESSAGES_SHARE = 0.5
+V1_LEGS = (("rcs", "sms"), ("whatsapp", "sms"), ("whatsapp", "viber_service", "sms"), ("sms",))
 
 
 def _stamp(moment):
@@ -60,6 +66,43 @@ class Generator:
 
     def number(self):
         return f"4477009{self.rng.randrange(100000):05d}"
+
+    def workflow(self):
+        """The next workflow's callbacks: Dispatch's, or a Messages v1 failover request's."""
+        if self.rng.random() < MESSAGES_SHARE:
+            return self.messages()
+        return self.dispatch()
+
+    def messages(self):
+        """One Messages failover request: each leg submitted, then rejected (the next leg is
+        sent) or delivered (and maybe read); the legs share the workflow id."""
+        rng = self.rng
+        workflow_id = "".join(rng.choice("123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz")
+                              for _ in range(55))
+        channels = rng.choice(V1_LEGS)
+        t = EPOCH + timedelta(seconds=self.dispatches * 0.7 + rng.random())
+        self.dispatches += 1
+        out = []
+        for leg, channel in enumerate(channels, start=1):
+            m_uuid = self.uuid()
+            flow = (workflow_id, leg, len(channels)) if len(channels) > 1 else None
+
+            def emit(state, **kw):
+                out.append(("v1_status", v1_status(
+                    m_uuid, state, channel=channel, workflow=flow,
+                    timestamp=t.strftime("%Y-%m-%dT%H:%M:%SZ"), **kw)))
+
+            emit("submitted", price=PRICES["sms"] if channel == "sms" else None)
+            t += timedelta(seconds=rng.uniform(1, 20))
+            if leg < len(channels) and rng.random() < 0.6:
+                emit("rejected", error=("1300", "Not part of the provider network"))
+                continue
+            emit("delivered", price=None if channel in ("sms", "rcs") else "0.0110")
+            if channel != "sms" and rng.random() < 0.5:
+                t += timedelta(seconds=rng.uniform(2, 300))
+                emit("read")
+            break
+        return out
 
     def dispatch(self):
         """One failover dispatch: its callbacks in a plausible delivery order."""
@@ -152,7 +195,7 @@ def generate(count, seed=1, secret=None, iat=None):
     rng = random.Random(seed ^ 0x5EED)
     token_rng = random.Random(seed ^ 0x70CE)
     iat = int(time.time()) if iat is None else iat
-    active = [gen.dispatch() for _ in range(ACTIVE_DISPATCHES)]
+    active = [gen.workflow() for _ in range(ACTIVE_DISPATCHES)]
     recent = []
     produced = 0
     while produced < count:
@@ -163,7 +206,7 @@ def generate(count, seed=1, secret=None, iat=None):
             slot = rng.randrange(len(active))
             kind, payload = active[slot].pop(0)
             if not active[slot]:
-                active[slot] = gen.dispatch()
+                active[slot] = gen.workflow()
             body = json.dumps(payload).encode()
             auth = _token(body, secret, token_rng, iat) if secret else ""
             recent.append((kind, auth, body))
