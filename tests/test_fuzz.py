@@ -27,7 +27,8 @@ MAX_TOTAL_TIME_S = 45  # a slow machine stops early, still with exit code 0
 
 
 def seed_bodies():
-    """Real shapes first (every channel, both link spellings, the spec's typo), then hostile ones."""
+    """Real shapes first (every channel, both link spellings, the spec's typo, Messages v1),
+    then hostile ones."""
     _, _, _, workflow = payloads.failover_workflow()
     bodies = [payloads.SEED_STATUS, payloads.SEED_FINAL_REPORT, *workflow]
     for channel in ("sms", "mms", "whatsapp", "messenger", "viber_service_msg"):
@@ -37,6 +38,11 @@ def seed_bodies():
     bodies.append(payloads.status(None, None, "rejected", link=None))
     bodies.append(payloads.final_report(messages=[(payloads.new_uuid(), "viber_sevice_msg", "submitted", "0.01")],
                                         status="error"))
+    # Messages API v1: every channel, a failover request's legs in both workflow spellings.
+    for channel in payloads.V1_ADDRESSES:
+        bodies.append(payloads.v1_status(channel=channel, price="0.0333", error=("1300", "Not part of the network")))
+    for spelling in ("spec", "java"):
+        bodies.extend(payloads.messages_failover(spelling=spelling)[2])
     seeds = [payloads.dumps(body) for body in bodies]
     seeds += [
         # Once answered 503 without keeping the body: a lone surrogate escape in a stored field,
