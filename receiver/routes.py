@@ -6,7 +6,7 @@ import os
 
 from flask import Blueprint, current_app, jsonify, request
 
-from . import store
+from . import rows, store
 from .openapi import document as openapi_document
 from .signatures import BASIC_REASONS
 from .callbacks import ENDPOINT_KINDS, Rejection, parse
@@ -91,7 +91,8 @@ def receive():
         return _reject(rejection, delivery)
     writer = current_app.extensions["receiver.writer"]
     try:
-        stored = writer.run("store_callback", callback, delivery, signature)
+        # The rows are built here, in the worker; the writer only runs SQL.
+        stored = writer.run("store_planned", rows.plan(callback, delivery, signature))
     except WriteFailed as error:
         # Valid, yet this write fails on its own (retrying would too): keep the body.
         return _reject(Rejection(422, "unstorable", "The callback is valid but could not be "

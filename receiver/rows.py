@@ -1,9 +1,57 @@
-"""The one place that maps a validated callback payload to table rows."""
+"""The one place that maps a validated callback payload to table rows.
+
+``plan`` builds, where the request is, everything storing a callback writes: its ``callbacks``
+row, its event rows and its observations of ``messages`` rows, as plain data. The writer
+(store.store_batch) then only runs SQL.
+"""
 
 import re
 
 from . import money
-from .schemas import STATUS_RANK, V1, V1_CHANNEL_NAMES
+from .schemas import MESSAGE_STATUS, STATUS_RANK, V1, V1_CHANNEL_NAMES
+from .signatures import UNSIGNED
+
+# The columns of a ``callbacks`` row as a plan carries them, in order.
+CALLBACK_COLUMNS = (
+    "kind", "api", "sha256", "body", "endpoint", "received_at", "last_received_at",
+    "remote_addr", "user_agent", "content_type", "signature_status", "api_key",
+    "application_id", "jti", "iat", "clock_skew_s",
+)
+# The columns of a ``status_events`` row a plan fills (callback_id is added by the writer).
+STATUS_EVENT_COLUMNS = (
+    "api", "message_uuid", "dispatch_uuid", "channel", "status", "status_rank", "timestamp",
+    "to_type", "to_id", "to_number", "from_type", "from_id", "from_number", "error_code",
+    "error_reason", "price", "price_nano", "currency", "received_at", "client_ref",
+    "workflow_id", "workflow_leg", "workflow_legs", "error_type", "error_title",
+    "error_detail", "network_code", "sms_count",
+)
+
+
+def plan(callback, delivery, signature=UNSIGNED):
+    """A validated callback and its delivery -> what storing it writes, as plain data:
+    ``{"kind", "sha256", "callback": row values, "event"|"report"+"items", "observations"}``."""
+    sha256 = delivery.sha256
+    planned = {
+        "kind": callback.kind,
+        "sha256": sha256,
+        "callback": (
+            callback.kind, callback.api, sha256, delivery.body.decode("utf-8"), delivery.endpoint,
+            delivery.received_at, delivery.received_at, delivery.remote_addr,
+            delivery.user_agent, delivery.content_type, signature.status, signature.api_key,
+            signature.application_id, signature.jti, signature.iat, signature.clock_skew_s,
+        ),
+    }
+    if callback.kind == MESSAGE_STATUS:
+        event = status_event_row(callback)
+        event["received_at"] = delivery.received_at
+        planned["event"] = event
+        planned["observations"] = [message_from_status(event)]
+    else:
+        report, items = final_report_rows(callback.data)
+        report["received_at"] = delivery.received_at
+        planned["report"], planned["items"] = report, items
+        planned["observations"] = [message_from_report_item(item, report) for item in items]
+    return planned
 
 # A v1 error's `type` ends in its code: ".../api-errors/messages#1000".
 ERROR_TYPE_CODE = re.compile(r"#(\d{1,9})\Z")
@@ -13,7 +61,8 @@ def status_event_row(callback):
     """A validated message status (either body version) -> its ``status_events`` row (without
     callback id)."""
     data = callback.data
-    row = (_v1_status(data) if callback.version == V1 else _v01_status(data))
+    row = dict.fromkeys(STATUS_EVENT_COLUMNS)
+    row.update(_v1_status(data) if callback.version == V1 else _v01_status(data))
     workflow = data.get("workflow") or {}
     usage = data.get("usage") or {}
     row.update(

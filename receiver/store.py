@@ -87,59 +87,68 @@ def store_callback(conn, callback, delivery, signature=UNSIGNED):
 
     The signature recorded is the first delivery's.
     """
-    callback_id, delivery_count = conn.execute(
-        """
-        INSERT INTO callbacks (kind, api, sha256, body, endpoint, received_at, last_received_at,
-                               remote_addr, user_agent, content_type, signature_status,
-                               api_key, application_id, jti, iat, clock_skew_s)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-        ON CONFLICT (sha256) DO UPDATE SET
-            delivery_count = delivery_count + 1,
-            last_received_at = max(last_received_at, excluded.last_received_at)
-        RETURNING id, delivery_count
-        """,
-        (
-            callback.kind, callback.api, delivery.sha256, delivery.body.decode("utf-8"),
-            delivery.endpoint,
-            delivery.received_at, delivery.received_at, delivery.remote_addr,
-            delivery.user_agent, delivery.content_type, signature.status, signature.api_key,
-            signature.application_id, signature.jti, signature.iat, signature.clock_skew_s,
-        ),
-    ).fetchone()
-    if delivery_count == 1:
-        if callback.kind == MESSAGE_STATUS:
-            _store_status(conn, callback, callback_id, delivery.received_at)
-        elif callback.kind == FINAL_REPORT:
-            _store_final_report(conn, callback.data, callback_id, delivery.received_at)
-        else:  # pragma: no cover - callbacks.parse only produces the kinds above
-            raise ValueError(f"unknown callback kind {callback.kind!r}")
-    return Stored(callback_id, delivery_count, callback.kind)
+    return store_batch(conn, [rows.plan(callback, delivery, signature)])[0]
 
 
-def _store_status(conn, callback, callback_id, received_at):
-    row = rows.status_event_row(callback)
-    row.update(callback_id=callback_id, received_at=received_at)
-    _insert(conn, "status_events", row)
-    _refresh_parents(conn, *_merge_message(conn, rows.message_from_status(row)))
+def store_planned(conn, planned):
+    """Store one callback from its plan (rows.plan, built where the request is)."""
+    return store_batch(conn, [planned])[0]
 
 
-def _refresh_parents(conn, dispatch_uuid, workflow_id):
-    """Recompute the dispatch and the workflow a merged message belongs to."""
-    if dispatch_uuid is not None:
+INSERT_CALLBACK = f"""
+INSERT INTO callbacks ({', '.join(rows.CALLBACK_COLUMNS)})
+VALUES ({', '.join('?' * len(rows.CALLBACK_COLUMNS))})
+ON CONFLICT (sha256) DO UPDATE SET
+    delivery_count = delivery_count + 1,
+    last_received_at = max(last_received_at, excluded.last_received_at)
+"""
+INSERT_STATUS_EVENT = _insert_sql("status_events", ("callback_id", *rows.STATUS_EVENT_COLUMNS))
+
+
+def store_batch(conn, plans):
+    """Store a batch of planned callbacks with a few set-based statements; return a Stored for
+    each, in order. A body already stored (or earlier in the batch) is counted, not stored
+    again. Each dispatch and workflow the batch touches is recomputed once."""
+    shas = list({p["sha256"] for p in plans})
+    marks = ", ".join("?" * len(shas))
+    counts = dict(conn.execute(
+        f"SELECT sha256, delivery_count FROM callbacks WHERE sha256 IN ({marks})", shas))
+    conn.executemany(INSERT_CALLBACK, [p["callback"] for p in plans])
+    ids = dict(conn.execute(f"SELECT sha256, id FROM callbacks WHERE sha256 IN ({marks})", shas))
+    results, events, observations, dispatches = [], [], [], set()
+    for planned in plans:
+        sha256 = planned["sha256"]
+        counts[sha256] = counts.get(sha256, 0) + 1
+        results.append(Stored(ids[sha256], counts[sha256], planned["kind"]))
+        if counts[sha256] > 1:
+            continue
+        if "event" in planned:
+            events.append({**planned["event"], "callback_id": ids[sha256]})
+        else:
+            report = {**planned["report"], "callback_id": ids[sha256]}
+            report_id = _insert(conn, "final_reports", report)
+            for item in planned["items"]:
+                _insert(conn, "final_report_messages", {**item, "final_report_id": report_id})
+            dispatches.add(report["dispatch_uuid"])
+        observations.extend(planned["observations"])
+    conn.executemany(INSERT_STATUS_EVENT, events)
+    conn.executemany(MERGE_MESSAGE, observations)
+    touched = list({o["message_uuid"] for o in observations})
+    workflows = set()
+    for start in range(0, len(touched), 500):
+        chunk = touched[start:start + 500]
+        for dispatch_uuid, workflow_id in conn.execute(
+                "SELECT dispatch_uuid, workflow_id FROM messages WHERE message_uuid IN "
+                f"({', '.join('?' * len(chunk))})", chunk):
+            if dispatch_uuid is not None:
+                dispatches.add(dispatch_uuid)
+            elif workflow_id is not None:
+                workflows.add(workflow_id)
+    for dispatch_uuid in dispatches:
         refresh_dispatch(conn, dispatch_uuid)
-    elif workflow_id is not None:
+    for workflow_id in workflows:
         refresh_messages_workflow(conn, workflow_id)
-
-
-def _store_final_report(conn, data, callback_id, received_at):
-    report, messages = rows.final_report_rows(data)
-    report.update(callback_id=callback_id, received_at=received_at)
-    report_id = _insert(conn, "final_reports", report)
-    for message in messages:
-        message["final_report_id"] = report_id
-        _insert(conn, "final_report_messages", message)
-        _merge_message(conn, rows.message_from_report_item(message, report))
-    refresh_dispatch(conn, report["dispatch_uuid"])
+    return results
 
 
 def _first(column):
@@ -194,13 +203,12 @@ MERGE_MESSAGE = (
         *_when(STATUS_WINS, ("status", "status_rank", "status_at", *ERROR_COLUMNS)),
         *_when(PRICE_WINS, ("price", "price_nano", "currency", "price_source")),
     ])
-    + " RETURNING dispatch_uuid, workflow_id"
 )
 
 
 def _merge_message(conn, observation):
-    """Merge one observation into its ``messages`` row; return its (dispatch, workflow id)."""
-    return conn.execute(MERGE_MESSAGE, observation).fetchone()
+    """Merge one observation into its ``messages`` row."""
+    conn.execute(MERGE_MESSAGE, observation)
 
 
 # A dispatch's row, recomputed from its (few) messages rows and final reports.

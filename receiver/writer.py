@@ -160,7 +160,7 @@ class GroupCommitWriter:
     def _commit(self, conn, batch):
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for pending in batch:
+            for pending in self._store_planned_together(conn, batch):
                 conn.execute("SAVEPOINT item")
                 try:
                     pending.result = pending.work(conn)
@@ -183,6 +183,28 @@ class GroupCommitWriter:
         self.batches += 1
         self.writes += len(batch)
 
+    @staticmethod
+    def _store_planned_together(conn, batch):
+        """Store the batch's planned callbacks with one set-based store_batch; return the
+        writes left to run one by one (all of them if one planned callback fails: the others
+        then go on without it)."""
+        planned = [p for p in batch if getattr(p.work, "planned", None) is not None]
+        if len(planned) < 2:
+            return batch
+        conn.execute("SAVEPOINT together")
+        try:
+            results = store.store_batch(conn, [p.work.planned for p in planned])
+        except Exception as error:
+            if isinstance(error, sqlite3.Error) and is_database_failure(error):
+                raise
+            conn.execute("ROLLBACK TO together")
+            conn.execute("RELEASE together")
+            return batch
+        conn.execute("RELEASE together")
+        for pending, result in zip(planned, results):
+            pending.result = result
+        return [p for p in batch if getattr(p.work, "planned", None) is None]
+
     def close(self):
         """Close the writer's connection (by the thread that commits)."""
         self._conn = self._reset(self._conn)
@@ -200,6 +222,7 @@ class GroupCommitWriter:
 
 # What a writer can be asked to do: store.<function>(conn, *args, **kwargs).
 OPERATIONS = {
+    "store_planned": store.store_planned,
     "store_callback": store.store_callback,
     "store_rejection": store.store_rejection,
     "record_health": store.record_health,
@@ -209,7 +232,13 @@ OPERATIONS = {
 def work(operation, args, kwargs):
     """The write ``operation`` names, as a function of a connection (KeyError if unknown)."""
     function = OPERATIONS[operation]
-    return lambda conn: function(conn, *args, **kwargs)
+
+    def run(conn):
+        return function(conn, *args, **kwargs)
+
+    # A planned callback can be stored together with its batch-mates (store.store_batch).
+    run.planned = args[0] if operation == "store_planned" else None
+    return run
 
 
 # Frames between workers and the writer are pickles of plain tuples: each value travels as
