@@ -16,11 +16,14 @@ import requests
 from payloads import (
     SEED_FINAL_REPORT,
     SEED_STATUS,
+    V1_ADDRESSES,
     dumps,
     failover_workflow,
     final_report,
+    messages_failover,
     new_uuid,
     status,
+    v1_status,
 )
 from servers import VENV_BIN, Procfile, free_port
 
@@ -282,6 +285,38 @@ def test_failover_workflow_on_one_url_in_real_arrival_order(stack):
         assert callback["kind"] == kind
         assert callback["endpoint"] == "/webhooks/vonage"
         assert callback["delivery_count"] == 1
+
+
+def test_messages_v1_beside_dispatch_on_one_url(stack):
+    """A migration half done: Dispatch workflows and Messages v1 failover (both workflow
+    spellings, legs out of order, every channel) posted to /webhooks/vonage, then read back
+    through Datasette in status_events, messages, workflows and billing_lines."""
+    d, _, _, dispatch_bodies = failover_workflow()
+    spec_id, spec_legs, spec_bodies = messages_failover(("rcs", "whatsapp", "sms"))
+    java_id, java_legs, java_bodies = messages_failover(("whatsapp", "sms"), spelling="java")
+    singles = [v1_status(channel=channel, price="0.0100" if channel != "rcs" else None)
+               for channel in V1_ADDRESSES]
+    v1_bodies = list(reversed(spec_bodies)) + java_bodies + singles  # the legs out of order
+    for body in dispatch_bodies + v1_bodies:
+        assert stack.deliver("/webhooks/vonage", dumps(body))["status"] == "stored"
+
+    for body in v1_bodies:
+        events = stack.rows("status_events", message_uuid=body["message_uuid"], status=body["status"])
+        assert [e["api"] for e in events] == ["messages"], body
+    workflows = {w["workflow_id"]: w for w in stack.rows("workflows", workflow_id__in=f"{d},{spec_id},{java_id}")}
+    assert {k: (w["api"], w["outcome"], w["channels"], w["delivered_channel"]) for k, w in workflows.items()} == {
+        d: ("dispatch", "delivered", "whatsapp,sms", "sms"),
+        spec_id: ("messages", "delivered", "rcs,whatsapp,sms", "sms"),
+        java_id: ("messages", "delivered", "whatsapp,sms", "sms"),
+    }
+    legs = stack.rows("messages", workflow_id=spec_id, _sort="workflow_position")
+    assert [m["message_uuid"] for m in legs] == spec_legs
+    lines = stack.rows("billing_lines", workflow_id=spec_id)
+    assert [(line["api"], line["channel"], line["charged_status"], line["price"]) for line in lines] == [
+        ("messages", "sms", "submitted", "0.0333")]
+    # Browsable next to Dispatch traffic: the workflows page facets by API.
+    page = stack.ds_get(f"/{stack.db_name}/workflows", {"_facet": "api"})
+    assert page.status_code == 200 and "messages" in page.text and "dispatch" in page.text
 
 
 def test_spec_typo_and_odd_shapes_are_accepted_and_kept_verbatim(stack):
