@@ -22,6 +22,11 @@ from .config import load_settings
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 METADATA = CONFIG_DIR / "metadata.yml"
 PLUGINS_DIR = CONFIG_DIR / "plugins"
+# How the pages read (data first, long values shortened, money alike): see
+# config/plugins/receiver_pages.py, which links static/receiver.css from STATIC_MOUNT.
+TEMPLATES_DIR = CONFIG_DIR / "templates"
+STATIC_DIR = CONFIG_DIR / "static"
+STATIC_MOUNT = "receiver-static"
 
 LOCAL_HOST = "127.0.0.1"
 
@@ -31,6 +36,11 @@ PASSWORD_HASH = re.compile(r"^pbkdf2_sha256\$[1-9][0-9]*\$[^$]+\$[A-Za-z0-9+/=]+
 SETTINGS = (
     ("sql_time_limit_ms", "5000"),
     ("max_returned_rows", "1000"),
+    # Lists show the first 120 characters of a long value (and link to the whole, see
+    # config/templates/_table.html); row pages show it whole.
+    ("truncate_cells_html", "120"),
+    # The metadata names each table's facets; suggestions above the rows are noise.
+    ("suggest_facets", "off"),
     # Nobody downloads the live file through Datasette.
     ("allow_download", "off"),
     # Full CSV exports: .csv?_stream=on returns every row, past max_returned_rows.
@@ -66,6 +76,7 @@ def datasette_argv(settings, host):
         sys.executable, "-m", "datasette", "serve", settings.db_path,
         "--host", host, "--port", str(settings.datasette_port),
         "--metadata", str(METADATA), "--plugins-dir", str(PLUGINS_DIR),
+        "--template-dir", str(TEMPLATES_DIR), "--static", f"{STATIC_MOUNT}:{STATIC_DIR}",
     ]
     for name, value in SETTINGS:
         argv += ["--setting", name, value]
