@@ -38,7 +38,7 @@ PASSWORD = "correct horse battery staple"
 READ_ONLY_PLUGINS = {
     "datasette-auth-passwords", "datasette-block-robots", "datasette-dashboards",
     "datasette-leaflet", "datasette-render-markdown", "receiver_guard.py", "receiver_links.py",
-    "receiver_metadata.py",
+    "receiver_metadata.py", "receiver_pages.py",
 }
 
 
@@ -574,7 +574,7 @@ def test_datasette_refuses_every_write(client, store):
 
 
 @pytest.mark.parametrize("params", [
-    {"_sort": "price"},  # a column metadata.yml leaves unsortable (price_nano sorts)
+    {"_sort": "error_reason"},  # a column metadata.yml leaves unsortable
     {"_sort_desc": "no_such_column"},
     {"_sort": "timestamp", "_sort_desc": "id"},
 ])
@@ -586,6 +586,10 @@ def test_a_bad_sort_is_a_400_naming_the_problem_not_a_500(client, params, capsys
             error = response.json()["error"]
             assert error.startswith(("Cannot sort table by ", "Cannot use _sort and _sort_desc"))
     assert client.get(f"/{DB_NAME}/status_events.json", params={"_sort": "price_nano"}).status_code == 200
+    # A price (text) sorts by its exact twin (receiver_pages.py); test_pages_browser.py checks more.
+    price = client.get(f"/{DB_NAME}/status_events.json", params={"_sort": "price"})
+    assert (price.status_code, price.headers["location"]) == (
+        302, f"/{DB_NAME}/status_events.json?_sort=price_nano")
     # A visitor's mistake is one access-log line, not a traceback with local variables.
     captured = capsys.readouterr()
     assert "Traceback" not in captured.out + captured.err
