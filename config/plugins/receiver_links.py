@@ -6,6 +6,8 @@ In every table, view, row page and query result of the served database:
   its timeline (the dispatch_timeline query);
 - a message_uuid cell links to the message's row, its status events and its history (the
   message_history query);
+- a workflow_id cell of a Messages failover workflow links to the workflow's row, its legs
+  and its status events (of a Dispatch workflow, where api says dispatch, to the dispatch's);
 - dispatches.message_count links to the dispatch's messages, dispatches.final_report_count to
   its final reports, and messages.event_count to the message's status events.
 
@@ -20,6 +22,7 @@ from markupsafe import Markup, escape
 
 DISPATCH = "dispatch_uuid"
 MESSAGE = "message_uuid"
+WORKFLOW = "workflow_id"
 
 
 def _link(href, text):
@@ -50,6 +53,18 @@ def message_links(datasette, database, uuid):
         ("events", _with_query(urls.table(database, "status_events"), message_uuid=uuid,
                                _sort="timestamp")),
         ("history", _with_query(urls.query(database, "message_history"), message_uuid=uuid)),
+    ]
+
+
+def workflow_links(datasette, database, workflow_id):
+    """(label, href) of everything a Messages failover workflow links to; the first is its row."""
+    urls = datasette.urls
+    return [
+        (workflow_id, urls.row(database, "workflows", tilde_encode(workflow_id))),
+        ("legs", _with_query(urls.table(database, "messages"), workflow_id=workflow_id,
+                             _sort="workflow_position")),
+        ("events", _with_query(urls.table(database, "status_events"), workflow_id=workflow_id,
+                               _sort="timestamp")),
     ]
 
 
@@ -94,6 +109,11 @@ def render_cell(row, value, column, table, database, datasette):
         if not isinstance(value, str) or not value:
             return None
         links = dispatch_links if column == DISPATCH else message_links
+        return _render(links(datasette, database, value))
+    if column == WORKFLOW:
+        if not isinstance(value, str) or not value:
+            return None
+        links = dispatch_links if _row_value(row, "api") == "dispatch" else workflow_links
         return _render(links(datasette, database, value))
     count_link = COUNT_LINKS.get((table, column))
     if count_link is not None and value is not None:
