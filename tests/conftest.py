@@ -3,21 +3,14 @@
 import json
 import os
 import sqlite3
-import sys
 from contextlib import closing
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-# tests/ has no __init__.py: make the payload builders importable as ``payloads``.
-TESTS_DIR = str(Path(__file__).resolve().parent)
-if TESTS_DIR not in sys.path:
-    sys.path.insert(0, TESTS_DIR)
-
-from receiver import create_app  # noqa: E402
-from receiver.cli import cli  # noqa: E402
-from receiver.db import init_db  # noqa: E402
+from receiver import create_app
+from receiver.cli import cli
+from receiver.db import init_db
 
 
 @pytest.fixture(autouse=True)

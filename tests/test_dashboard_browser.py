@@ -7,12 +7,8 @@ Python playwright package; no browser is downloaded. The dashboard's screenshot 
 test-artifacts/dashboard.png.
 """
 
-import os
 import re
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +17,7 @@ import requests
 from receiver import views
 
 import datasette_data
-from servers import ROOT, VENV_BIN, free_port
+from testing.processes import ROOT, VENV_BIN, Datasette
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -30,9 +26,7 @@ CHROMIUM_ARGS = [
 ]
 ARTIFACTS = ROOT / "test-artifacts"
 START_TIMEOUT_S = 30
-STOP_TIMEOUT_S = 10
 PAGE_TIMEOUT_MS = 30_000
-COMMAND = "from receiver.browse import datasette_command; datasette_command()"
 
 needs_chromium = pytest.mark.skipif(
     not CHROMIUM.exists(),
@@ -41,69 +35,8 @@ needs_chromium = pytest.mark.skipif(
 )
 
 
-class DatasetteProcess:
-    """`receiver datasette` in its own process group, logging to a file."""
-
-    def __init__(self, db_path, log_path, **environ):
-        self.port = free_port()
-        self.log_path = log_path
-        env = {
-            key: value for key, value in os.environ.items()
-            if not key.startswith(("RECEIVER_", "DATASETTE_", "VONAGE_"))
-        }
-        env.update(
-            PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-            RECEIVER_DB=str(db_path),
-            DATASETTE_HOST="127.0.0.1",
-            DATASETTE_PORT=str(self.port),
-            **environ,
-        )
-        self._log = open(log_path, "wb")
-        self.popen = subprocess.Popen(
-            [sys.executable, "-c", COMMAND], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
-            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.port}"
-
-    def output(self):
-        return self.log_path.read_text(errors="replace")
-
-    def wait_ready(self):
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.popen.poll() is not None:
-                raise RuntimeError(f"datasette exited with {self.popen.returncode}:\n{self.output()}")
-            try:
-                # Any answer (200, or 403 behind the login wall) means it serves.
-                requests.get(f"{self.url}/robots.txt", timeout=2)
-                return
-            except requests.ConnectionError:
-                time.sleep(0.2)
-        raise RuntimeError(f"datasette did not answer within {START_TIMEOUT_S} s:\n{self.output()}")
-
-    def stop(self):
-        """SIGTERM the group, then SIGKILL; wait until the process is gone."""
-        if self.popen.poll() is None:
-            os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait(STOP_TIMEOUT_S)
-        self._log.close()
-
-
 def start(db_path, log_path, **environ):
-    process = DatasetteProcess(db_path, log_path, **environ)
-    try:
-        process.wait_ready()
-    except BaseException:
-        process.stop()
-        raise
-    return process
+    return Datasette(db_path, log_path, **environ).start(timeout=START_TIMEOUT_S)
 
 
 @pytest.fixture(scope="module")

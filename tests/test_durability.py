@@ -35,12 +35,11 @@ from pathlib import Path
 
 import pytest
 
-from load import (
+from testing.processes import Gunicorn, get
+from testing.traffic import (
     Bodies,
-    Gunicorn,
     LoadGenerator,
     acknowledged,
-    get,
     integrity_check,
     post,
     receiver_check,

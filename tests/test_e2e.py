@@ -5,7 +5,6 @@ through Datasette's JSON API, which is how operators read them. Nothing is mocke
 """
 
 import json
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,16 +24,13 @@ from payloads import (
     status,
     v1_status,
 )
-from servers import VENV_BIN, Procfile, free_port
+from testing.processes import Procfile, free_port, receiver_environment
 
 START_TIMEOUT_S = 30
 HTTP_TIMEOUT_S = 15
 MIB = 1024 * 1024
 JSON = {"Content-Type": "application/json", "User-Agent": "Vonage-e2e-test/1.0"}
 
-# Settings the test must control, not inherit from whoever runs pytest.
-INHERITED_SETTINGS = ("RECEIVER_", "GUNICORN_", "DATASETTE_", "VONAGE_")
-INHERITED_NAMES = ("PORT", "HOST", "WEB_CONCURRENCY")
 
 
 @dataclass
@@ -97,23 +93,13 @@ class Stack:
 
 
 def _environment(tmp):
-    env = {
-        key: value for key, value in os.environ.items()
-        if not key.startswith(INHERITED_SETTINGS) and key not in INHERITED_NAMES
-    }
     web_port = free_port()
     datasette_port = free_port()
     while datasette_port == web_port:  # pragma: no cover - the kernel rarely repeats itself
         datasette_port = free_port()
-    env.update(
-        PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        RECEIVER_DB=str(tmp / "e2e-events.db"),
-        PORT=str(web_port),
-        DATASETTE_PORT=str(datasette_port),
-        # The Procfile's web line binds ${HOST:-0.0.0.0}; tests stay on the loopback.
-        HOST="127.0.0.1",
-        DATASETTE_HOST="127.0.0.1",
-    )
+    # The Procfile's web line binds ${HOST:-0.0.0.0}; tests stay on the loopback (HOST).
+    env = receiver_environment(tmp / "e2e-events.db", web_port, DATASETTE_PORT=datasette_port,
+                               DATASETTE_HOST="127.0.0.1", GUNICORN_ACCESS_LOG="-")
     return env, web_port, datasette_port
 
 

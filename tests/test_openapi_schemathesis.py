@@ -1,6 +1,6 @@
 """The OpenAPI document at /openapi.json against the real server that serves it.
 
-The production process (gunicorn with config/gunicorn.conf.py, one gthread worker, no
+The production process (gunicorn with config/gunicorn.conf.py, one worker, no
 signature secret as in a fresh install) runs on 127.0.0.1; Schemathesis loads the document
 from it and, for every operation, sends generated requests (valid and invalid bodies) and
 checks each answer: no server error, a status code the document declares, a response body
@@ -9,14 +9,6 @@ matching the declared schema, and the declared content type.
 A few specific disagreements between the document and the server are pinned below with
 requests built by hand, so that they are reported the same way on every run.
 """
-
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -33,71 +25,21 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
 )
 
 import payloads  # noqa: E402
+from testing.processes import Gunicorn  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-GUNICORN = Path(sys.executable).with_name("gunicorn")
 CHECKS = [not_a_server_error, status_code_conformance, response_schema_conformance,
           content_type_conformance]
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    def __init__(self, url, db_path, log_path, process):
-        self.url = url
-        self.db_path = db_path
-        self.log_path = log_path
-        self.process = process
-
-    def log(self):
-        return self.log_path.read_text(errors="replace")[-5000:]
 
 
 @pytest.fixture(scope="module")
 def receiver_server(tmp_path_factory):
     """The real gunicorn with the production config, stopped (whole group) at the end."""
     directory = tmp_path_factory.mktemp("openapi-server")
-    db_path = directory / "events.db"
-    log_path = directory / "gunicorn.log"
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RECEIVER_", "VONAGE_", "GUNICORN_"))}
-    env.update(RECEIVER_DB=str(db_path), PORT=str(port), HOST="127.0.0.1", GUNICORN_ACCESS_LOG="",
-               WEB_CONCURRENCY="1", RECEIVER_LOG_LEVEL="WARNING")
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [str(GUNICORN), "-c", "config/gunicorn.conf.py", "receiver.wsgi:app"],
-            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    server = Server(f"http://127.0.0.1:{port}", db_path, log_path, process)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"gunicorn exited with {process.returncode}:\n{server.log()}")
-            try:
-                if requests.get(f"{server.url}/healthz", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"gunicorn not healthy after 30 s:\n{server.log()}")
-            time.sleep(0.1)
-        yield server
-    finally:
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            process.wait(timeout=25)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+    server = Gunicorn(directory / "events.db", directory / "gunicorn.log", workers=1,
+                      RECEIVER_LOG_LEVEL="WARNING")
+    server.start(timeout=30)
+    yield server
+    server.stop()
 
 
 OPERATIONS = {"POST /webhooks/vonage", "POST /webhooks/message-status", "POST /webhooks/final-report",

@@ -30,6 +30,8 @@ from receiver import create_app
 from receiver.cli import cli
 from receiver.db import init_db
 from receiver.signatures import parse_secrets
+from testing import signing
+from testing.signing import API_KEY, APPLICATION_ID, bearer, claims_for
 
 # 64-byte secrets: long enough for HS256 and for the HS512 token below without PyJWT's
 # InsecureKeyLengthWarning (an error under this suite's filterwarnings).
@@ -40,8 +42,6 @@ SECRET_A = hashlib.sha256(b"secret of api key key1").hexdigest()
 SECRET_B = hashlib.sha256(b"secret of api key key2").hexdigest()
 SECRET_C = hashlib.sha256(b"a bare rotation secret").hexdigest()
 
-API_KEY = "abcd1234"
-APPLICATION_ID = "aaaaaaaa-bbbb-cccc-dddd-0123456789ab"
 DEFAULT_MAX_AGE_S = 25 * 3600
 DEFAULT_MAX_SKEW_S = 300
 
@@ -83,28 +83,9 @@ def body_bytes(**changes):
     return payloads.dumps(payloads.status(payloads.new_uuid(), payloads.new_uuid(), **changes))
 
 
-def claims_for(body, *, iat=None, api_key=API_KEY, application_id=APPLICATION_ID, jti=None, **extra):
-    claims = {
-        "iat": int(time.time()) if iat is None else iat,
-        "jti": jti or str(uuid.uuid4()),
-        "iss": "Vonage",
-        "payload_hash": hashlib.sha256(body).hexdigest(),
-        "api_key": api_key,
-        "application_id": application_id,
-    }
-    claims.update(extra)
-    return {k: v for k, v in claims.items() if v is not None}
-
-
-def make_token(body, secret=SECRET, *, algorithm="HS256", drop=(), **claim_args):
-    claims = claims_for(body, **claim_args)
-    for name in drop:
-        claims.pop(name, None)
-    return jwt.encode(claims, secret, algorithm=algorithm)
-
-
-def bearer(token):
-    return f"Bearer {token}"
+def make_token(body, secret=SECRET, **kwargs):
+    """A Vonage-style token for ``body`` signed with ``secret`` (the one right secret)."""
+    return signing.make_token(body, secret, **kwargs)
 
 
 def b64url(data):

@@ -12,8 +12,8 @@ from payloads import dumps, status
 from receiver import store
 from receiver.callbacks import parse
 from receiver.config import load_settings
-from load import Gunicorn, stat_fields
 from receiver.writer import RemoteWriter, StorageError, WriterServer
+from testing.processes import Gunicorn, stat_fields
 
 
 @pytest.fixture
