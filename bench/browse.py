@@ -17,10 +17,7 @@ code (`receiver simulate`), starts the real `receiver datasette` on 127.0.0.1, a
 import argparse
 import csv
 import json
-import os
 import random
-import resource
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -31,12 +28,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from testing.processes import Datasette  # noqa: E402
 
 
 def timed_get(url):
@@ -87,24 +82,10 @@ def pick(db, table, column, n, rng):
 
 
 def browse(db, samples, rng):
-    port = free_port()
-    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")
-    env.pop("DATASETTE_PASSWORD_HASH", None)
-    process = subprocess.Popen([str(BIN / "receiver"), "datasette", "--db", str(db), "--port", str(port)],
-                               cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
+    process = Datasette(db, Path(db).with_name("datasette.log")).start(timeout=60)
+    base = process.url
     name = Path(db).stem
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                timed_get(f"{base}/-/versions.json")
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
         dispatch_ids = pick(db, "dispatches", "dispatch_uuid", samples, rng)
         message_ids = pick(db, "messages", "message_uuid", samples, rng)
         pages = {
@@ -127,8 +108,7 @@ def browse(db, samples, rng):
             results[label] = summary(times)
         return results
     finally:
-        process.terminate()
-        process.wait(10)
+        process.stop()
 
 
 def export(db, start, end, out_dir):

@@ -25,7 +25,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -39,11 +38,11 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-sys.path.insert(0, str(BENCH))
+sys.path[:0] = [str(BENCH), str(REPO)]
 
 import make_bodies  # noqa: E402
+from testing.processes import GUNICORN_CONFIG, Gunicorn  # noqa: E402
 
-GUNICORN_CONFIG = "config/gunicorn.conf.py"
 APPS = {"receiver": "receiver.wsgi:app", "no-op": "bench.noop_app:app",
         "validate-only": "bench.validate_app:app"}
 TARGET_PATH = "/webhooks/vonage"
@@ -117,28 +116,6 @@ def _meminfo_total_mib():
 
 # --- processes ------------------------------------------------------------------------------
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def children(pid):
-    """Pids whose parent is ``pid`` (gunicorn's workers)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[1]) == pid:
-            found.append(int(entry))
-    return sorted(found)
-
-
 def rss_kib(pid):
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -167,51 +144,20 @@ def machine_cpu():
     return sum(values) - idle - steal, sum(values), steal
 
 
-class Server:
-    """One gunicorn master started with the production config, and its workers."""
+class Server(Gunicorn):
+    """One gunicorn master started with the production config (and the shell's settings), and
+    its workers."""
 
     def __init__(self, app_name, run_dir, env_extra):
+        super().__init__(run_dir / "events.db", run_dir / "gunicorn.log", workers=None,
+                         app=APPS[app_name], inherit=True, **env_extra)
         self.app_name = app_name
         self.run_dir = run_dir
-        self.port = free_port()
-        self.db_path = run_dir / "events.db"
-        self.log_path = run_dir / "gunicorn.log"
-        env = os.environ.copy()
-        env.update(env_extra)
-        env.update(
-            HOST="127.0.0.1",
-            PORT=str(self.port),
-            RECEIVER_DB=str(self.db_path),
-            GUNICORN_ACCESS_LOG="",  # access log off, for both apps alike
-            PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
-        )
-        self.env = env
-        self.workers_expected = int(env.get("WEB_CONCURRENCY") or os.cpu_count())
-        self.proc = None
-
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout=60):
-        self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", GUNICORN_CONFIG, APPS[self.app_name]],
-            cwd=REPO, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited with {self.proc.returncode}; see {self.log_path}")
-            if len(self.workers()) >= self.workers_expected and self._healthy():
-                break
-            time.sleep(0.1)
-        else:
-            self.stop()
-            raise RuntimeError(f"gunicorn did not become ready in {timeout} s; see {self.log_path}")
+        super().start(timeout)
         # Each worker imports the app after the fork; give the others time to finish too.
-        for _ in range(4 * self.workers_expected):
+        for _ in range(4 * self.worker_count):
             self._healthy()
         time.sleep(0.5)
 
@@ -223,27 +169,19 @@ class Server:
             return False
 
     def workers(self):
-        return children(self.proc.pid) if self.proc else []
+        return self.worker_pids()
 
     def rss(self):
         """{pid: VmRSS KiB} of the master (the receiver's writer lives there) and the workers."""
-        return {pid: rss_kib(pid) for pid in [self.proc.pid, *self.workers()]}
+        return {pid: rss_kib(pid) for pid in [self.master, *self.workers()]}
 
     def cpu(self):
         """CPU seconds of the master (which runs the receiver's writer) and its workers."""
-        return cpu_seconds(self.proc.pid) + sum(cpu_seconds(pid) for pid in self.workers())
+        return cpu_seconds(self.master) + sum(cpu_seconds(pid) for pid in self.workers())
 
-    def stop(self, timeout=40):
+    def stop(self, grace=40):
         """SIGTERM (graceful: in-flight requests finish), SIGKILL of its group if it hangs."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        self.log.close()
+        return super().stop(grace)
 
     def log_problems(self):
         """Lines of the error log that are not routine (errors, tracebacks, worker timeouts)."""
@@ -492,7 +430,7 @@ def one_run(app_name, connections, args, bodies, out_dir, env_extra, label=None,
         warm = run_wrk(server.url, bodies["warm"][threads].prefix, connections, threads,
                        args.warmup, run_dir / "wrk-warmup.log")
         rss_start = server.rss()
-        perf = (_start_perf([server.proc.pid, *server.workers()], run_dir)
+        perf = (_start_perf([server.master, *server.workers()], run_dir)
                 if app_name == "receiver" and args.perf else None)
         sampler = Sampler(server, args.rss_interval)
         sampler.start()
