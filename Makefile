@@ -4,26 +4,37 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 export RECEIVER_DB ?= var/events.db
+# Extra pytest arguments, e.g. make test PYTEST_ARGS="tests/test_cli.py -x"
+PYTEST_ARGS ?=
 
-.PHONY: run test install system-deps bench clean
+.PHONY: run test install install-runtime system-deps bench clean clean-data
 
-# The virtualenv, rebuilt when pyproject.toml changes.
-$(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+# The virtualenv with the runtime dependencies only (what production installs), rebuilt when
+# pyproject.toml changes.
+$(VENV)/.installed-runtime: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+# The same virtualenv plus the test extras; a stamp of its own, so `make run` after
+# `make test` keeps them (and `make run` alone never installs them).
+$(VENV)/.installed-test: $(VENV)/.installed-runtime
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-install: $(VENV)/.installed
+install-runtime: $(VENV)/.installed-runtime
+install: $(VENV)/.installed-test
 
-## run: set everything up and start the receiver (port 8000) and Datasette (port 8001)
-run: install
+## run: set everything up (runtime dependencies only) and start the receiver (port 8000) and
+## Datasette (port 8001)
+run: install-runtime
 	$(BIN)/receiver init-db
 	PORT=$${PORT:-8000} $(BIN)/honcho start
 
-## test: set everything up and run the whole test suite
+## test: set everything up and run the whole test suite; "no tests collected" is a failure
 test: install system-deps
-	$(BIN)/python -m pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Debian packages the tests and benchmarks use, installed when missing (needs root or sudo).
 SYSTEM_PACKAGES := wrk chromium
@@ -42,5 +53,15 @@ bench: install system-deps
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
+## clean: remove what `make` built (the virtualenv, build metadata, test artifacts); never the
+## databases under var/ (your data)
 clean:
-	rm -rf $(VENV) var/*.db var/*.db-wal var/*.db-shm *.egg-info
+	rm -rf $(VENV) *.egg-info test-artifacts
+
+## clean-data: delete the databases under var/ (asks first; CONFIRM=yes skips the question)
+clean-data:
+	@ls var/*.db 2>/dev/null || { echo "no databases under var/"; exit 0; }; \
+	if [ "$(CONFIRM)" != yes ]; then \
+		printf 'delete these databases? type yes: '; read answer; [ "$$answer" = yes ] || exit 1; \
+	fi; \
+	rm -f var/*.db var/*.db-wal var/*.db-shm
