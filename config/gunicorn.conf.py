@@ -1,27 +1,34 @@
 """gunicorn settings for the receiver: what production runs, and what `make bench` measures.
 
-Every value can be overridden from the environment (variables named below) or on the
-gunicorn command line.
+The values that can be changed come from receiver/config.py (environment variables listed by
+`receiver config` and in the README); the gunicorn command line overrides them too.
 """
 
 import logging
-import multiprocessing
 import os
+import sys
 
-# The webhook target listens on every interface; put TLS in front of it (see README).
-bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
+from receiver.config import load_settings
+
+try:
+    _settings = load_settings()
+except ValueError as error:  # one line, not gunicorn's "Failed to read config file" traceback
+    sys.exit(f"error: {error}")
+
+# The webhook target listens on every interface by default; put TLS in front of it (README).
+bind = f"{_settings.host}:{_settings.port}"
 
 # Sync workers (one request at a time each, no thread contention for the GIL) hand their
 # writes to one group-commit writer in the master (receiver/writer.py), so one synced commit
 # serves every worker's request in flight. Many more workers than cores: a worker waiting for
 # its commit leaves its core to the others, and more requests in flight make bigger batches
 # (measured on 2 cores: 5 workers 903 req/s, 9 workers 1,103, 12 workers 1,091).
-worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "sync")
-workers = int(os.environ.get("WEB_CONCURRENCY", 4 * multiprocessing.cpu_count() + 1))
-threads = int(os.environ.get("GUNICORN_THREADS", "1"))
+worker_class = _settings.worker_class
+workers = _settings.web_concurrency
+threads = _settings.threads
 
 # Vonage gives up on a response after 15 s; a worker stuck longer than 30 s is restarted.
-timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
+timeout = _settings.worker_timeout_s
 graceful_timeout = 20
 # Keep-alive between a proxy (or Vonage) and us; short so idle clients do not pin threads.
 keepalive = 5
@@ -31,12 +38,12 @@ limit_request_fields = 100
 limit_request_field_size = 8190
 
 # Recycle workers now and then (with jitter) as a guard against slow leaks.
-max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "0"))
+max_requests = _settings.max_requests
 max_requests_jitter = max_requests // 10
 
-accesslog = os.environ.get("GUNICORN_ACCESS_LOG", "-") or None
+accesslog = _settings.access_log or None
 errorlog = "-"
-loglevel = os.environ.get("RECEIVER_LOG_LEVEL", "info").lower()
+loglevel = _settings.log_level.lower()
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms "%(a)s"'
 
 # gunicorn 24+ opens a control socket under ~/.gunicorn by default; several receivers on one
@@ -78,7 +85,7 @@ def on_starting(server):
 # Workers run at a lower CPU priority than the master, whose writer thread is the one serial
 # stage every request waits for: when the cores are busy the writer still runs at once.
 # Measured on 2 cores at 16 connections: nice 0 1,028-1,187 req/s, nice 5 1,236-1,278.
-worker_nice = int(os.environ.get("GUNICORN_WORKER_NICE", "5"))
+worker_nice = _settings.worker_nice
 
 
 def post_fork(server, worker):

@@ -1,9 +1,15 @@
-"""Every setting the receiver reads, read from the environment in this one place."""
+"""Every setting the receiver reads, read from the environment in this one place
+(config/gunicorn.conf.py reads its settings from here too)."""
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 MIB = 1024 * 1024
+
+
+def default_workers():
+    """gunicorn workers: many more than cores, as sync workers wait for the one writer."""
+    return 4 * (os.cpu_count() or 1) + 1
 
 
 @dataclass(frozen=True)
@@ -11,6 +17,8 @@ class Settings:
     """The receiver's settings; see the README's table for what each one does."""
 
     db_path: str = "var/events.db"
+    # The webhook receiver (gunicorn) listens here; put TLS in front of it (see README).
+    host: str = "0.0.0.0"
     port: int = 8000
     datasette_port: int = 8001
     # Datasette listens on this address only when a password is set; else on 127.0.0.1.
@@ -37,11 +45,22 @@ class Settings:
     signature_max_skew_s: int = 300
     # "user:password" for HTTP Basic auth on the webhook routes (instead of signatures).
     basic_auth: str = ""
+    # gunicorn (config/gunicorn.conf.py): worker processes, their class and threads, how much
+    # lower their CPU priority is than the master's (whose writer every request waits for),
+    # when a stuck one is restarted or any one recycled, and the access log ("": none).
+    web_concurrency: int = field(default_factory=default_workers)
+    worker_class: str = "sync"
+    threads: int = 1
+    worker_nice: int = 5
+    worker_timeout_s: int = 30
+    max_requests: int = 0
+    access_log: str = "-"
 
 
 # Setting name -> (environment variable, parser)
 ENVIRONMENT = {
     "db_path": ("RECEIVER_DB", str),
+    "host": ("HOST", str),
     "port": ("PORT", int),
     "datasette_port": ("DATASETTE_PORT", int),
     "datasette_host": ("DATASETTE_HOST", str),
@@ -58,7 +77,18 @@ ENVIRONMENT = {
     "signature_max_age_s": ("VONAGE_SIGNATURE_MAX_AGE_S", int),
     "signature_max_skew_s": ("VONAGE_SIGNATURE_MAX_SKEW_S", int),
     "basic_auth": ("RECEIVER_BASIC_AUTH", str),
+    "web_concurrency": ("WEB_CONCURRENCY", int),
+    "worker_class": ("GUNICORN_WORKER_CLASS", str),
+    "threads": ("GUNICORN_THREADS", int),
+    "worker_nice": ("GUNICORN_WORKER_NICE", int),
+    "worker_timeout_s": ("GUNICORN_TIMEOUT", int),
+    "max_requests": ("GUNICORN_MAX_REQUESTS", int),
+    "access_log": ("GUNICORN_ACCESS_LOG", str),
 }
+
+# Settings for which an empty variable is a value, not "unset" (GUNICORN_ACCESS_LOG="": none).
+EMPTY_IS_A_VALUE = ("access_log",)
+EXPECTED = {int: "a whole number", float: "a number"}
 
 SECRET_SETTINGS = ("signature_secret", "signature_secrets", "datasette_password_hash", "basic_auth")
 
@@ -71,11 +101,13 @@ def load_settings(environ=None, **overrides):
     values = {}
     for name, (variable, parse) in ENVIRONMENT.items():
         raw = environ.get(variable)
-        if raw not in (None, ""):
+        if raw is not None and (raw != "" or name in EMPTY_IS_A_VALUE):
             try:
                 values[name] = parse(raw)
             except ValueError:
-                raise ValueError(f"{variable}={raw!r} is not a valid value") from None
+                expected = EXPECTED.get(parse)
+                raise ValueError(f"{variable}={raw!r} is not a valid value"
+                                 + (f": expected {expected}" if expected else "")) from None
     values.update(overrides)
     settings = Settings(**values)
     if settings.synchronous not in SYNCHRONOUS_MODES:
@@ -90,8 +122,9 @@ def load_settings(environ=None, **overrides):
             "RECEIVER_BASIC_AUTH and VONAGE_SIGNATURE_SECRET(S) both need the Authorization "
             "header (Basic credentials vs Vonage's Bearer token): set one of them"
         )
-    if settings.max_body_bytes <= 0:
-        raise ValueError("RECEIVER_MAX_BODY_BYTES must be positive")
+    for name in ("max_body_bytes", "web_concurrency", "threads"):
+        if getattr(settings, name) <= 0:
+            raise ValueError(f"{ENVIRONMENT[name][0]} must be positive, not {getattr(settings, name)}")
     return settings
 
 

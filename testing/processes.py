@@ -274,11 +274,10 @@ class Gunicorn:
 
 
 def _configured_workers(env):
-    """The worker count config/gunicorn.conf.py resolves to under ``env``."""
-    code = ("import runpy; print(runpy.run_path('config/gunicorn.conf.py')['workers'])")
-    result = subprocess.run([str(VENV_BIN / "python"), "-c", code], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=60, check=True)
-    return int(result.stdout.split()[-1])
+    """The worker count config/gunicorn.conf.py takes from the settings under ``env``."""
+    from receiver.config import load_settings
+
+    return load_settings(env).web_concurrency
 
 
 # --- Datasette -------------------------------------------------------------------------------
