@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 import sqlite3
 import sys
 from datetime import date
@@ -23,13 +24,47 @@ def _settings(database):
     return load_settings(**({"db_path": database} if database else {}))
 
 
+def _open(database, *, readonly=False):
+    """The existing database of ``--db`` (else $RECEIVER_DB): never creates a file."""
+    return db.open_existing(_settings(database), readonly=readonly)
+
+
+class ReceiverGroup(click.Group):
+    """The command group, where every command's errors become one line and exit status 1.
+
+    A bad setting, a missing or foreign database file, a file that cannot be written: the
+    message says what is wrong, never a traceback. Anything unexpected (a bug) is one line
+    too; its traceback is logged at RECEIVER_LOG_LEVEL=DEBUG.
+    """
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except BrokenPipeError:
+            # The reader went away (`receiver config | head`): stop quietly, as Unix tools do.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(1)
+        except (ValueError, db.DatabaseError, OSError) as error:
+            # ValueError: a setting (receiver.config names the variable); OSError: a file.
+            raise click.ClickException(str(error)) from None
+        except sqlite3.Error as error:
+            raise click.ClickException(f"database: {error}") from None
+        except Exception as error:
+            log.debug("unexpected error", exc_info=True)
+            raise click.ClickException(
+                f"unexpected {type(error).__name__}: {error} (a bug; RECEIVER_LOG_LEVEL=DEBUG "
+                f"logs the traceback)") from None
+
+
 database_option = click.option(
     "--db", "database", type=click.Path(dir_okay=False), default=None,
     help="SQLite file (default: $RECEIVER_DB, else var/events.db).",
 )
 
 
-@click.group()
+@click.group(cls=ReceiverGroup)
 @click.version_option(__version__, prog_name="receiver")
 def cli():
     """dispatch-receiver: store Vonage Dispatch callbacks in SQLite and browse them in Datasette.
@@ -82,7 +117,7 @@ def reprocess_command(database, ids, reason, dry_run, batch_size):
     """
     settings = _settings(database)
     verifier = Verifier(settings)
-    conn = db.connect_settings(settings)
+    conn = _open(database)
     where, params = ["reprocessed_at IS NULL", "body_truncated = 0"], []
     if ids:
         where.append(f"id IN ({', '.join('?' * len(ids))})")
@@ -182,8 +217,7 @@ def check_command(database):
 
     Example: receiver check --db var/events.db
     """
-    settings = _settings(database)
-    conn = db.connect_settings(settings)
+    conn = _open(database)
     integrity = [row[0] for row in conn.execute("PRAGMA integrity_check")]
     click.echo(f"integrity_check: {', '.join(integrity)}")
     differences = store.derived_differences(conn)
@@ -201,8 +235,7 @@ def rebuild_command(database):
 
     Example: receiver rebuild --db var/events.db
     """
-    settings = _settings(database)
-    conn = db.connect_settings(settings)
+    conn = _open(database)
     with store.transaction(conn):
         store.rebuild_derived(conn)
     click.echo("messages and dispatches rebuilt from the event log", err=True)
@@ -264,8 +297,7 @@ def export_billing(database, start, end, output, by):
 
     Example: receiver export billing --from 2026-11-01 --to 2026-11-30 --by day -o nov.csv
     """
-    settings = _settings(database)
-    conn = db.connect_settings(settings, readonly=True)
+    conn = _open(database, readonly=True)
     total = exports.count_billing_rows(conn, by, start, end)
     with _open_output(output) as out, _progress(total, "Exporting billing") as bar:
         totals = exports.write_billing_csv(conn, by, start, end, out, progress=bar)
@@ -283,8 +315,7 @@ def export_events(database, start, end, output, fmt):
 
     Example: receiver export events --from 2026-11-01 --to 2026-11-30 --format jsonl -o nov.jsonl
     """
-    settings = _settings(database)
-    conn = db.connect_settings(settings, readonly=True)
+    conn = _open(database, readonly=True)
     total = exports.count_events(conn, start, end)
     with _open_output(output) as out, _progress(total, "Exporting callbacks") as bar:
         exports.write_events(exports.events(conn, start, end), out, fmt, progress=bar)

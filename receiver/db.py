@@ -211,16 +211,22 @@ CREATE TABLE IF NOT EXISTS receiver_health (
 """
 
 
-def connect(path, *, synchronous="FULL", busy_timeout_ms=10_000, readonly=False):
+class DatabaseError(RuntimeError):
+    """A database file the receiver cannot use, said in one line a user can act on."""
+
+
+def connect(path, *, synchronous="FULL", busy_timeout_ms=10_000, readonly=False, create=True):
     """Open a connection to the event store at ``path``, configured for concurrent writers.
 
     Autocommit mode (``isolation_level=None``): callers issue ``BEGIN IMMEDIATE`` themselves
     so that a write transaction takes the write lock up front and waits on the busy timeout
-    instead of failing on a lock upgrade.
+    instead of failing on a lock upgrade. ``readonly`` or ``create=False`` never create the
+    file.
     """
-    if readonly:
+    if readonly or not create:
+        mode = "ro" if readonly else "rw"
         conn = sqlite3.connect(
-            f"file:{os.path.abspath(path)}?mode=ro", uri=True, isolation_level=None,
+            f"file:{os.path.abspath(path)}?mode={mode}", uri=True, isolation_level=None,
             check_same_thread=False,
         )
     else:
@@ -243,20 +249,52 @@ def connect_settings(settings, **kwargs):
     )
 
 
+def open_existing(settings, *, readonly=False):
+    """Open the event store named by a Settings object, which must already exist with this
+    receiver's schema: never creates a file. DatabaseError (one line) otherwise."""
+    path = settings.db_path
+    if not os.path.isfile(path):
+        raise DatabaseError(f"{path}: no such database (`receiver init-db --db {path}` creates one)")
+    try:
+        conn = connect_settings(settings, readonly=readonly, create=False)
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'callbacks'").fetchone()[0]
+    except sqlite3.Error as error:
+        raise DatabaseError(f"{path}: cannot be read as a SQLite database ({error})") from None
+    try:
+        _check_version(path, version)
+        if not tables:
+            raise DatabaseError(f"{path}: not a receiver database (no callbacks table)")
+        if version < SCHEMA_VERSION:
+            raise DatabaseError(f"{path} has schema version {version}, older than this receiver's "
+                                f"{SCHEMA_VERSION}: run `receiver init-db --db {path}` to migrate it")
+    except DatabaseError:
+        conn.close()
+        raise
+    return conn
+
+
+def _check_version(path, version):
+    if version > SCHEMA_VERSION:
+        raise DatabaseError(
+            f"{path} has schema version {version}, newer than this receiver's "
+            f"{SCHEMA_VERSION}; upgrade the receiver"
+        )
+
+
 def init_db(path, **kwargs):
     """Create or migrate the schema at ``path``; safe to run from several processes at once."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    conn = connect(path, **kwargs)
+    try:
+        conn = connect(path, **kwargs)
+    except sqlite3.DatabaseError as error:
+        raise DatabaseError(f"{path}: cannot be opened as a SQLite database ({error})") from None
     try:
         conn.execute("BEGIN IMMEDIATE")
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"{path} has schema version {version}, newer than this receiver's "
-                    f"{SCHEMA_VERSION}; upgrade the receiver"
-                )
+            _check_version(path, version)
             statements = [s.strip() for s in TABLES.split(";") if s.strip()]
             tables = [s for s in statements if s.startswith("CREATE TABLE")]
             for statement in tables:
