@@ -323,40 +323,57 @@ def export_events(database, start, end, output, fmt):
 
 
 @cli.command("simulate")
-@database_option
+@click.option("--db", "database", type=click.Path(dir_okay=False), default=None,
+              help="SQLite file to write (default: var/demo.db, never $RECEIVER_DB).")
 @click.option("--dispatches", "count", default=1000, show_default=True, help="How many workflows.")
 @click.option("--url", help="Post to a running receiver (e.g. http://127.0.0.1:8000/webhooks/vonage) "
               "instead of writing to the database.")
 @click.option("--secret", envvar="VONAGE_SIGNATURE_SECRET", help="Sign each callback like Vonage "
               "(default: $VONAGE_SIGNATURE_SECRET).")
-@click.option("--seed", default=0, show_default=True, help="Random seed; the same seed gives the same traffic.")
+@click.option("--seed", type=int, default=None,
+              help="Random seed; the same seed gives the same traffic (default: a new one each run).")
 @click.option("--days", default=30, show_default=True, help="Spread the workflows over this many past days.")
 @click.option("--concurrency", default=8, show_default=True, help="Parallel requests with --url.")
 @click.option("--api", type=click.Choice(["dispatch", "messages", "mixed"]), default="dispatch",
               show_default=True, help="Dispatch workflows (statuses and final reports), Messages "
               "API v1 failover (v1 statuses of each leg), or half of each, as during a migration.")
-def simulate_command(database, count, url, secret, seed, days, concurrency, api):
+@click.option("--remove", is_flag=True, help="Delete every simulated callback from the database "
+              "(and what was derived from it) instead of adding any.")
+def simulate_command(database, count, url, secret, seed, days, concurrency, api, remove):
     """Generate realistic traffic: failover workflows of the Dispatch API (statuses and final
     reports) and/or of the Messages API v1 (v1 status webhooks of each leg).
 
-    With --url the callbacks are posted (signed when a secret is set); otherwise they are
-    validated and written through the receiver's own storage code.
+    Without --db the callbacks go to a demo database, var/demo.db (browse it with
+    `receiver datasette --db var/demo.db --port 8002`). With --url they are posted to a
+    running receiver (signed when a secret is set). Every simulated body carries
+    "simulated": true, so --remove can take it out of any database again.
 
+    \b
+    Example: receiver simulate --dispatches 2000
     Example: receiver simulate --api mixed --dispatches 500 --url http://127.0.0.1:8000/webhooks/vonage
+    Example: receiver simulate --remove --db var/events.db
     """
     from . import simulate
 
+    settings = load_settings(db_path=database or simulate.DEMO_DB)
+    if remove:
+        removed = simulate.remove(db.open_existing(settings))
+        click.echo(f"{settings.db_path}: {removed} simulated callbacks removed", err=True)
+        return
+    seed = simulate.new_seed() if seed is None else seed
     workflows = simulate.generate(count, seed=seed, days=days, api=api)
     if url:
         outcome = simulate.post_all(workflows, url, secret=secret, concurrency=concurrency,
                                     progress=_progress(count, "Posting"))
+        target = url
     else:
-        settings = _settings(database)
         db.init_db(settings.db_path, synchronous=settings.synchronous,
                    busy_timeout_ms=settings.busy_timeout_ms)
         conn = db.connect_settings(settings)
         outcome = simulate.store_all(workflows, conn, progress=_progress(count, "Storing"))
-    click.echo(", ".join(f"{n} {what}" for what, n in sorted(outcome.items())), err=True)
+        target = settings.db_path
+    click.echo(f"{target} (seed {seed}): "
+               + ", ".join(f"{n} {what}" for what, n in sorted(outcome.items())), err=True)
     if url and any(what != "200" for what in outcome):
         raise SystemExit(1)
 

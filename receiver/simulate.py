@@ -6,10 +6,15 @@ duplicate deliveries (retries), error codes from Vonage's list, prices as decima
 Dispatch: late first legs that arrive after the final report (so the report's total differs).
 Messages: a leg fails over when rejected; late statuses of earlier legs; both spellings of
 ``workflow`` (the spec's and the Java SDK's); error titles as strings and as numbers.
+
+Every body carries ``"simulated": true`` (Vonage never sends that field), so simulated rows
+can be found in any database, whether written directly or posted to a receiver, and removed
+with ``remove``.
 """
 
 import hashlib
 import json
+import os
 import random
 import time
 import uuid
@@ -44,6 +49,11 @@ ERRORS = (
 )
 CHARGED_AT_SUBMIT = ("sms", "mms")
 EXPIRY_S = 600
+# Where `receiver simulate` writes unless told otherwise: never the file Vonage posts to.
+DEMO_DB = "var/demo.db"
+# The top-level field marking a body as simulated, and the SQL that finds such callbacks.
+MARKER = "simulated"
+SIMULATED_CALLBACKS = f"SELECT id FROM callbacks WHERE json_extract(body, '$.{MARKER}') IS 1"
 
 
 @dataclass(frozen=True)
@@ -93,7 +103,7 @@ def workflow(rng, start):
         def status_body(status, at, usage=False, error=None, message_uuid=message_uuid, to=to,
                         sender=sender, price=price, link=link):
             body = {"message_uuid": message_uuid, "to": to, "from": sender,
-                    "timestamp": _iso(at), "status": status, "_links": link}
+                    "timestamp": _iso(at), "status": status, "_links": link, MARKER: True}
             if usage:
                 body["usage"] = {"currency": "EUR", "price": price}
             if error:
@@ -149,7 +159,7 @@ def workflow(rng, start):
     report = {"dispatch_uuid": dispatch_uuid, "template": "failover",
               "status": "completed" if delivered else "error", "timestamp": _iso(report_at),
               "usage": {"price": format(charged, "f"), "currency": "EUR"},
-              "_links": {"messages": report_items}}
+              "_links": {"messages": report_items}, MARKER: True}
     events.append((report_at, report))
     for channel, price, status_body in late_legs:
         late_at = report_at + timedelta(seconds=rng.uniform(30, 1800))
@@ -207,7 +217,8 @@ def messages_workflow(rng, start):
         def status_body(status, at, usage=False, error=None, message_uuid=message_uuid,
                         channel=channel, leg=leg, to=to, sender=sender, price=price):
             body = {"message_uuid": message_uuid, "to": to, "from": sender,
-                    "timestamp": _iso_seconds(at), "status": status, "channel": channel}
+                    "timestamp": _iso_seconds(at), "status": status, "channel": channel,
+                    MARKER: True}
             if usage and price:
                 body["usage"] = {"currency": "EUR", "price": price}
             if error:
@@ -264,6 +275,11 @@ def generate(dispatches, *, seed=0, start=None, days=30, api="dispatch"):
         yield (messages_workflow if messages else workflow)(rng, at)
 
 
+def new_seed():
+    """A seed for a run that names none: runs differ, so their uuids never collide."""
+    return int.from_bytes(os.urandom(4), "big")
+
+
 def sign(body, secret, api_key="simulated", application_id=None, now=None):
     """A Vonage-style signature header for ``body``: HS256 JWT with payload_hash."""
     import jwt
@@ -312,6 +328,41 @@ def store_all(workflows, conn, progress=None, batch=500):
         if progress is not None:
             progress.render_finish()
     return outcome
+
+
+def remove(conn):
+    """Delete every simulated callback (``"simulated": true`` in its body) and every row made
+    from it, then rebuild ``messages`` and ``dispatches`` from what is left. Returns how many
+    callbacks were removed. A rejected body later stored from one keeps its row, unlinked."""
+    from . import store
+
+    with store.transaction(conn):
+        conn.execute("DROP TABLE IF EXISTS temp.simulated_callbacks")
+        conn.execute(f"CREATE TEMP TABLE simulated_callbacks AS {SIMULATED_CALLBACKS}")
+        count = conn.execute("SELECT count(*) FROM temp.simulated_callbacks").fetchone()[0]
+        if count:
+            conn.execute("UPDATE rejected_callbacks SET callback_id = NULL "
+                         "WHERE callback_id IN (SELECT id FROM temp.simulated_callbacks)")
+            _delete_referencing(conn, "callbacks", "id IN (SELECT id FROM temp.simulated_callbacks)")
+            conn.execute("DELETE FROM callbacks WHERE id IN (SELECT id FROM temp.simulated_callbacks)")
+            store.rebuild_derived(conn)
+        conn.execute("DROP TABLE temp.simulated_callbacks")
+    return count
+
+
+def _delete_referencing(conn, parent, where):
+    """Delete the rows of every table whose foreign key points at the ``parent`` rows matching
+    ``where``, their own children first (final_report_messages before final_reports)."""
+    tables = [name for (name,) in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+    for table in tables:
+        for key in conn.execute(f"PRAGMA foreign_key_list([{table}])").fetchall():
+            referenced, column, to = key[2], key[3], key[4] or "rowid"
+            if referenced != parent or table == parent:
+                continue
+            condition = f"[{column}] IN (SELECT [{to}] FROM [{parent}] WHERE {where})"
+            _delete_referencing(conn, table, condition)
+            conn.execute(f"DELETE FROM [{table}] WHERE {condition}")
 
 
 def post_all(workflows, url, *, secret=None, concurrency=8, progress=None, timeout=15):
