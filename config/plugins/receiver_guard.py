@@ -7,6 +7,13 @@
 - ``/-/password-tool`` (datasette-auth-passwords): open to anyone, and each POST costs a
   480,000-round PBKDF2 hash of the server's CPU. Hashes are made on the server with
   ``datasette hash-password`` (see the README), so the page answers 403.
+- A canned query's date parameter in another format (``01/11/2026``, ``2026-11``) or a
+  ``from`` after its ``to``: SQLite's ``date()`` turns what it cannot read into NULL and the
+  query silently answers no rows. Here the request is refused before the query runs: a 400
+  saying which parameter and the format expected (YYYY-MM-DD), as an HTML page, in JSON for
+  ``.json`` and as text for ``.csv``. Parameters are known by name, for every canned query:
+  ``from``/``to`` and ``*_date`` are dates, ``as_of`` and ``*_at`` a date or a UTC time,
+  ``hours`` a number; empty means "not given", as the queries read it.
 
 And the log: when ``rich`` is importable (the test extras bring it), Datasette 0.65 prints a
 300-line traceback with local variables for every handled error, a 404 included. Here only
@@ -15,10 +22,14 @@ access-log line.
 """
 
 import json
+import re
+from datetime import date, datetime
+from urllib.parse import parse_qsl
 
 import datasette.handle_exception
-from datasette import hookimpl
+from datasette import Response, hookimpl
 from datasette.views.base import DatasetteError
+from markupsafe import Markup, escape
 
 datasette.handle_exception.rich = None
 
@@ -46,6 +57,10 @@ def asgi_wrapper(datasette):
                 if refusal is not None:
                     await _send_json(send, *refusal)
                     return
+                problem = await _bad_parameters(datasette, scope)
+                if problem is not None:
+                    await _send_bad_request(datasette, scope, send, problem)
+                    return
             await app(scope, receive, send)
 
         return guarded
@@ -61,12 +76,9 @@ async def _refusal(datasette, scope):
                      "`datasette hash-password` (see the README).", [])
     if scope["method"] in READ_METHODS:
         return None
-    parts = path.lstrip("/").split("/")
-    if len(parts) != 2 or parts[0] not in datasette.databases:
-        return None
-    name = parts[1].rsplit(".", 1)[0] if parts[1].endswith((".json", ".csv")) else parts[1]
-    if name in await datasette.get_canned_queries(parts[0], None):
-        return (405, f"The canned query {name} is read-only: use GET.",
+    found = await _canned_query(datasette, path)
+    if found is not None:
+        return (405, f"The canned query {found[1]} is read-only: use GET.",
                 [(b"allow", b"GET, HEAD")])
     return None
 
@@ -77,3 +89,101 @@ async def _send_json(send, status, message, headers):
                 "headers": [(b"content-type", b"application/json; charset=utf-8"),
                             (b"content-length", str(len(body)).encode()), *headers]})
     await send({"type": "http.response.body", "body": body})
+
+
+# --- canned query parameters -----------------------------------------------------------------
+
+DATE_FORMAT = "YYYY-MM-DD, e.g. 2026-11-01"
+MOMENT_FORMAT = "YYYY-MM-DD or a UTC time like 2026-11-01T12:00:00Z"
+DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+MOMENT = re.compile(r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]00:?00)?)?")
+NUMBER = re.compile(r"\d+(\.\d+)?")
+
+
+def _kind(name):
+    """What a canned query's parameter holds, by its name (None: anything)."""
+    if name in ("from", "to") or name.endswith("_date"):
+        return "date"
+    if name == "as_of" or name.endswith("_at"):
+        return "moment"
+    if name == "hours":
+        return "number"
+    return None
+
+
+def _is_date(text):
+    try:
+        return bool(DAY.fullmatch(text)) and date.fromisoformat(text) is not None
+    except ValueError:
+        return False
+
+
+def _is_moment(text):
+    if not MOMENT.fullmatch(text):
+        return False
+    try:
+        datetime.fromisoformat(text.replace(" ", "T"))
+    except ValueError:
+        return False
+    return True
+
+
+def check_parameters(values):
+    """The problem with a canned query's parameter values ({name: text}), or None."""
+    for name, value in values.items():
+        value = value.strip()
+        if not value:
+            continue
+        kind = _kind(name)
+        if kind == "date" and not _is_date(value):
+            return f"{name}: {value!r} is not a date. Expected {DATE_FORMAT}."
+        if kind == "moment" and not _is_moment(value):
+            return f"{name}: {value!r} is not a date or time. Expected {MOMENT_FORMAT}."
+        if kind == "number" and not NUMBER.fullmatch(value):
+            return f"{name}: {value!r} is not a number of hours. Expected e.g. 24 or 1.5."
+    start, end = values.get("from", "").strip(), values.get("to", "").strip()
+    if start and end and start > end:
+        return (f"from ({start}) is after to ({end}): no row can match. Both are inclusive "
+                f"dates ({DATE_FORMAT}).")
+    return None
+
+
+async def _canned_query(datasette, path):
+    """(database, query name, query) when ``path`` is a canned query's page, JSON or CSV."""
+    parts = path.strip("/").split("/")
+    if len(parts) != 2 or parts[0] not in datasette.databases:
+        return None
+    name = parts[1].rsplit(".", 1)[0] if parts[1].endswith((".json", ".csv")) else parts[1]
+    query = (await datasette.get_canned_queries(parts[0], None)).get(name)
+    return (parts[0], name, query) if query else None
+
+
+async def _bad_parameters(datasette, scope):
+    """The message refusing a GET of a canned query whose parameters cannot be right."""
+    if scope["method"] not in READ_METHODS or not scope.get("query_string"):
+        return None
+    found = await _canned_query(datasette, scope["path"])
+    if found is None:
+        return None
+    _, _, query = found
+    declared = set(query.get("params") or ()) | set(re.findall(r":(\w+)", query.get("sql", "")))
+    arguments = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
+    return check_parameters({k: v for k, v in arguments.items() if k in declared})
+
+
+async def _send_bad_request(datasette, scope, send, message):
+    """A 400 with ``message``: Datasette's error page, JSON for .json, text for .csv."""
+    path = scope["path"]
+    if path.endswith(".json"):
+        response = Response.json({"ok": False, "error": message, "status": 400,
+                                  "title": "Invalid parameter"}, status=400)
+    elif path.endswith(".csv"):
+        response = Response.text(message + "\n", status=400)
+    else:
+        form = escape(datasette.urls.path(path))
+        html = await datasette.render_template(
+            ["400.html", "error.html"],
+            {"ok": False, "status": 400, "title": "Invalid parameter",
+             "error": Markup(f'{escape(message)} <a href="{form}">Back to the form</a>')})
+        response = Response.html(html, status=400)
+    await response.asgi_send(send)

@@ -1,0 +1,104 @@
+"""A canned query's parameters typed in another format are refused with the format expected,
+instead of silently answering no rows: the real `receiver datasette` over HTTP.
+
+SQLite's date() reads '01/11/2026' or '2026-11' as NULL, so `charged_at >= date(:from)` is
+never true and the page shows 0 rows as if there were none; a `from` after `to` does the same.
+"""
+
+import pytest
+import requests
+import yaml
+
+import datasette_data
+from testing.processes import ROOT, Datasette
+
+METADATA = yaml.safe_load((ROOT / "config" / "metadata.yml").read_text())
+QUERIES = next(iter(METADATA["databases"].values()))["queries"]
+PERIOD_QUERIES = sorted(name for name, q in QUERIES.items() if {"from", "to"} <= set(q.get("params", [])))
+AS_OF_QUERIES = sorted(name for name, q in QUERIES.items() if "as_of" in q.get("params", []))
+NOT_DATES = ["01/11/2026", "2026-11", "2026-02-30", "yesterday", "2026-11-01T10:00:00Z"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("canned-params")
+    path = directory / "dispatch.db"
+    datasette_data.fill(path)
+    process = Datasette(path, directory / "datasette.log").start()
+    yield process
+    process.stop()
+
+
+def get(server, query, suffix="", **params):
+    return requests.get(f"{server.url}/dispatch/{query}{suffix}", params=params, timeout=30)
+
+
+def test_there_are_period_queries_to_guard():
+    assert "billing_by_day" in PERIOD_QUERIES and len(PERIOD_QUERIES) >= 3
+    assert AS_OF_QUERIES
+
+
+@pytest.mark.parametrize("query", PERIOD_QUERIES)
+@pytest.mark.parametrize("value", NOT_DATES)
+@pytest.mark.parametrize("which", ["from", "to"])
+def test_a_date_in_another_format_is_refused_on_the_page(server, query, value, which):
+    params = {"from": "2025-03-01", "to": "2025-03-04", which: value}
+    response = get(server, query, **params)
+    assert response.status_code == 400, response.text[:500]
+    assert "text/html" in response.headers["content-type"]
+    assert "Expected YYYY-MM-DD" in response.text
+    assert f"{which}: &#39;{value}&#39; is not a date" in response.text
+    assert f'href="/dispatch/{query}"' in response.text  # back to the form
+
+
+@pytest.mark.parametrize("query", PERIOD_QUERIES)
+def test_a_date_in_another_format_is_refused_in_json_and_csv(server, query):
+    response = get(server, query, ".json", **{"from": "01/11/2026", "to": ""})
+    assert response.status_code == 400
+    body = response.json()
+    assert body["ok"] is False
+    assert body["error"] == "from: '01/11/2026' is not a date. Expected YYYY-MM-DD, e.g. 2026-11-01."
+    response = get(server, query, ".csv", **{"from": "2026-11", "to": "", "_stream": "on"})
+    assert response.status_code == 400
+    assert "from: '2026-11' is not a date. Expected YYYY-MM-DD" in response.text
+
+
+@pytest.mark.parametrize("query", PERIOD_QUERIES)
+def test_from_after_to_is_refused(server, query):
+    response = get(server, query, ".json", **{"from": "2025-03-04", "to": "2025-03-01"})
+    assert response.status_code == 400
+    assert response.json()["error"].startswith("from (2025-03-04) is after to (2025-03-01)")
+
+
+def test_good_dates_and_empty_ones_still_answer(server):
+    rows = get(server, "billing_by_day", ".json", _shape="objects",
+               **{"from": "2025-03-01", "to": "2025-03-04"}).json()["rows"]
+    assert {row["day"] for row in rows} >= {"2025-03-01", "2025-03-02"}
+    one_day = get(server, "billing_by_day", ".json", _shape="objects",
+                  **{"from": "2025-03-02", "to": "2025-03-02"}).json()["rows"]
+    assert {row["day"] for row in one_day} == {"2025-03-02"}
+    open_ended = get(server, "billing_by_day", **{"from": "", "to": ""})
+    assert open_ended.status_code == 200
+
+
+@pytest.mark.parametrize("query", AS_OF_QUERIES)
+def test_as_of_must_be_a_date_or_a_time(server, query):
+    bad = get(server, query, ".json", hours="1", as_of="04/03/2025")
+    assert bad.status_code == 400
+    assert "as_of: '04/03/2025' is not a date or time" in bad.json()["error"]
+    for good in ("2025-03-04", "2025-03-04T00:00:00Z", "2025-03-04 12:30", ""):
+        assert get(server, query, ".json", hours="1", as_of=good).status_code == 200, good
+
+
+def test_hours_must_be_a_number(server):
+    response = get(server, "messages_stuck_at_submitted", ".json", hours="two", as_of="")
+    assert response.status_code == 400
+    assert "hours: 'two' is not a number" in response.json()["error"]
+
+
+def test_other_queries_are_not_checked(server):
+    """Only canned queries' parameters: a visitor's own SQL gets what it asks for."""
+    response = requests.get(f"{server.url}/dispatch.json", timeout=30,
+                            params={"sql": "select :from as f", "from": "01/11/2026", "_shape": "array"})
+    assert response.status_code == 200
+    assert response.json() == [{"f": "01/11/2026"}]
