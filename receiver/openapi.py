@@ -1,16 +1,19 @@
 """The OpenAPI 3.1 document of the receiver's own endpoints, served at /openapi.json.
 
-Enums and limits come from receiver.schemas, so the document and the validation agree.
+The callback schemas are derived from the marshmallow schemas in receiver.schemas (every
+schema of ``SCHEMAS``, walked field by field: types, required, lengths, enums, ranges,
+patterns, nesting), so the document and the validation cannot disagree on a limit. A rule
+between several fields (a ``validates_schema``) has no JSON Schema form; its schema class
+states its counterpart as ``openapi_extra``.
 """
 
-from . import __version__
-from .schemas import CHANNELS, CHANNEL_ALIASES, FINAL_STATUSES, STATUSES, TEMPLATES
+from marshmallow import EXCLUDE, INCLUDE, fields, validate
 
-STRING_1_50 = {"type": "string", "minLength": 1, "maxLength": 50}
-UUID = {"type": "string", "minLength": 1, "maxLength": 100}
-TIMESTAMP = {"type": "string", "format": "date-time", "example": "2020-01-01T14:00:00.000Z"}
-PRICE = {"type": "string", "pattern": r"^(0|[1-9][0-9]{0,4})(\.[0-9]{1,9})?$", "example": "0.0333"}
-CURRENCY = {"type": "string", "pattern": "^[A-Z]{3}$", "example": "EUR"}
+from . import __version__, money
+from .schemas import CHANNEL_ALIASES, SCHEMAS, Channel, Price, Timestamp
+
+TIMESTAMP = {"type": "string", "format": "date-time", "maxLength": 64,
+             "example": "2020-01-01T14:00:00.000Z"}
 
 
 def _object(properties, required=()):
@@ -20,50 +23,104 @@ def _object(properties, required=()):
     return schema
 
 
-USAGE = _object({"currency": CURRENCY, "price": PRICE})
-ENDPOINT = _object({"type": {"type": "string", "enum": list(CHANNELS)}, "id": STRING_1_50,
-                    "number": STRING_1_50}, ["type"])
-DISPATCH_LINK = _object({"dispatch_uuid": UUID, "href": {"type": "string", "maxLength": 2000}},
-                        ["dispatch_uuid"])
+def _pattern(regex):
+    """A Python regex as an anchored ECMA-262 pattern (JSON Schema's dialect)."""
+    text = regex.pattern if hasattr(regex, "pattern") else regex
+    text = text[:-2] + "$" if text.endswith("\\Z") else text
+    return (text if text.startswith("^") else "^" + text) if text.endswith("$") else f"^(?:{text})$"
 
-MESSAGE_STATUS = _object(
-    {
-        "message_uuid": UUID,
-        "to": ENDPOINT,
-        "from": ENDPOINT,
-        "timestamp": TIMESTAMP,
-        "status": {"type": "string", "enum": list(STATUSES)},
-        "error": _object({"code": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
-                          "reason": {"type": "string", "maxLength": 1000}}),
-        "usage": USAGE,
-        "_links": _object({"workflow": DISPATCH_LINK, "dispatch": DISPATCH_LINK}),
-    },
-    ["message_uuid", "timestamp", "status"],
-)
 
-FINAL_REPORT = _object(
-    {
-        "dispatch_uuid": UUID,
-        "template": {"type": "string", "enum": list(TEMPLATES)},
-        "status": {"type": "string", "enum": list(FINAL_STATUSES)},
-        "timestamp": TIMESTAMP,
-        "usage": USAGE,
-        "_links": _object({
-            "messages": {
-                "type": "array",
-                "maxItems": 100,
-                "items": _object({
-                    "message_uuid": UUID,
-                    "href": {"type": "string", "maxLength": 2000},
-                    "channel": {"type": "string", "enum": list(CHANNELS) + list(CHANNEL_ALIASES)},
-                    "usage": USAGE,
-                    "status": {"type": "string", "enum": list(STATUSES)},
-                }, ["message_uuid"]),
-            }
-        }),
-    },
-    ["dispatch_uuid", "template", "status", "timestamp"],
-)
+def _apply_validator(schema, validator, field):
+    """Add one marshmallow validator to ``schema``; False when it has no JSON Schema form."""
+    array = schema.get("type") == "array"
+    if isinstance(validator, validate.Length) and validator.equal is None:
+        if validator.min is not None:
+            schema["minItems" if array else "minLength"] = validator.min
+        if validator.max is not None:
+            schema["maxItems" if array else "maxLength"] = validator.max
+    elif isinstance(validator, validate.OneOf):
+        choices = list(validator.choices)
+        if isinstance(field, Channel):  # the spec's misspellings are accepted, then normalised
+            choices += [alias for alias in CHANNEL_ALIASES if alias not in choices]
+        schema["enum"] = choices
+    elif isinstance(validator, validate.Range):
+        if validator.min is not None:
+            schema["minimum" if validator.min_inclusive else "exclusiveMinimum"] = validator.min
+        if validator.max is not None:
+            schema["maximum" if validator.max_inclusive else "exclusiveMaximum"] = validator.max
+    elif isinstance(validator, validate.Regexp):
+        schema["pattern"] = _pattern(validator.regex)
+    else:
+        return False
+    return True
+
+
+def field_schema(field, unsupported=None):
+    """The JSON Schema of one marshmallow field; what cannot be expressed goes to ``unsupported``."""
+    if isinstance(field, fields.Nested):
+        schema = schema_of(field.schema, unsupported)
+        if field.many:
+            schema = {"type": "array", "items": schema}
+    elif isinstance(field, fields.List):
+        schema = {"type": "array", "items": field_schema(field.inner, unsupported)}
+    elif isinstance(field, Timestamp):
+        schema = dict(TIMESTAMP)
+    elif isinstance(field, Price):
+        schema = {"type": "string", "pattern": _pattern(money.PRICE_PATTERN), "example": "0.0333"}
+    elif isinstance(field, fields.Integer):
+        schema = {"type": "integer"}
+    elif isinstance(field, fields.Number):
+        schema = {"type": "number"}
+    elif isinstance(field, fields.Boolean):
+        schema = {"type": "boolean"}
+    elif isinstance(field, (fields.Dict, fields.Mapping)):
+        schema = {"type": "object"}
+    elif isinstance(field, fields.String):
+        schema = {"type": "string"}
+    else:
+        schema = {}
+        if unsupported is not None and type(field) is not fields.Raw:
+            unsupported.append(f"field {type(field).__name__}")
+    for validator in field.validators:
+        if not _apply_validator(schema, validator, field) and unsupported is not None:
+            unsupported.append(f"validator {type(validator).__name__}")
+    return schema
+
+
+def schema_of(schema, unsupported=None):
+    """The JSON Schema object of a marshmallow schema (instance), nested schemas inlined."""
+    properties, required = {}, []
+    for name, field in schema.fields.items():
+        key = field.data_key or name
+        properties[key] = field_schema(field, unsupported)
+        if field.required:
+            required.append(key)
+    result = _object(properties, required)
+    result["additionalProperties"] = schema.unknown in (INCLUDE, EXCLUDE)
+    result.update(getattr(schema, "openapi_extra", {}))
+    if unsupported is not None and type(schema)._hooks.get("validates_schema") and \
+            not hasattr(schema, "openapi_extra"):
+        unsupported.append(f"validates_schema of {type(schema).__name__}")
+    return result
+
+
+def component_name(kind):
+    """The components/schemas name of a callback kind: its marshmallow schema's class name."""
+    return type(SCHEMAS[kind]).__name__
+
+
+def callback_schemas():
+    """{component name: JSON Schema} of every callback schema in receiver.schemas.SCHEMAS."""
+    return {component_name(kind): schema_of(schema) for kind, schema in SCHEMAS.items()}
+
+
+def unsupported_parts():
+    """What in SCHEMAS the document cannot express (a test keeps this empty)."""
+    unsupported = []
+    for schema in SCHEMAS.values():
+        schema_of(schema, unsupported)
+    return unsupported
+
 
 ERROR = _object(
     {
@@ -77,15 +134,13 @@ ERROR = _object(
     ["code", "reason", "message"],
 )
 
-STORED = _object(
-    {
+def _stored():
+    return _object({
         "status": {"type": "string", "enum": ["stored", "duplicate"]},
-        "kind": {"type": "string", "enum": ["message_status", "final_report"]},
+        "kind": {"type": "string", "enum": list(SCHEMAS)},
         "callback_id": {"type": "integer"},
         "delivery_count": {"type": "integer", "minimum": 1},
-    },
-    ["status", "kind", "callback_id", "delivery_count"],
-)
+    }, ["status", "kind", "callback_id", "delivery_count"])
 
 
 def _error(description):
@@ -113,8 +168,9 @@ def _webhook(summary, body_schema):
     }
 
 
-EITHER = {"anyOf": [{"$ref": "#/components/schemas/MessageStatus"},
-                    {"$ref": "#/components/schemas/FinalReport"}]}
+def _any_callback():
+    """Every endpoint takes every kind and tells them apart by shape."""
+    return {"anyOf": [{"$ref": f"#/components/schemas/{component_name(kind)}"} for kind in SCHEMAS]}
 
 
 def document():
@@ -125,12 +181,12 @@ def document():
             "title": "dispatch-receiver",
             "version": __version__,
             "description": "Webhook receiver for Vonage Dispatch API callbacks. Every endpoint "
-                           "accepts both kinds and tells them apart by shape.",
+                           "accepts every kind and tells them apart by shape.",
         },
         "paths": {
-            "/webhooks/message-status": _webhook("Message Status callback", EITHER),
-            "/webhooks/final-report": _webhook("Final Report callback", EITHER),
-            "/webhooks/vonage": _webhook("Either callback, at one Status URL", EITHER),
+            "/webhooks/message-status": _webhook("Message Status callback", _any_callback()),
+            "/webhooks/final-report": _webhook("Final Report callback", _any_callback()),
+            "/webhooks/vonage": _webhook("Either callback, at one Status URL", _any_callback()),
             "/healthz": {
                 "get": {
                     "summary": "Database reachable and writable",
@@ -144,12 +200,7 @@ def document():
             },
         },
         "components": {
-            "schemas": {
-                "MessageStatus": MESSAGE_STATUS,
-                "FinalReport": FINAL_REPORT,
-                "Stored": STORED,
-                "Error": ERROR,
-            },
+            "schemas": {**callback_schemas(), "Stored": _stored(), "Error": ERROR},
             "securitySchemes": {
                 "vonageSignature": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
                                     "description": "HS256 JWT signed with the account's "
