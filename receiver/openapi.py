@@ -10,7 +10,7 @@ states its counterpart as ``openapi_extra``.
 from marshmallow import EXCLUDE, INCLUDE, fields, validate
 
 from . import __version__, money
-from .schemas import CHANNEL_ALIASES, SCHEMAS, Channel, Price, Timestamp
+from .schemas import CHANNEL_ALIASES, KINDS, SCHEMAS, Channel, Price, Timestamp
 
 TIMESTAMP = {"type": "string", "format": "date-time", "maxLength": 64,
              "example": "2020-01-01T14:00:00.000Z"}
@@ -67,6 +67,8 @@ def field_schema(field, unsupported=None):
         schema = dict(TIMESTAMP)
     elif isinstance(field, Price):
         schema = {"type": "string", "pattern": _pattern(money.PRICE_PATTERN), "example": "0.0333"}
+    elif getattr(field, "openapi", None) is not None:  # a custom field type says its form
+        schema = dict(field.openapi)
     elif isinstance(field, fields.Integer):
         schema = {"type": "integer"}
     elif isinstance(field, fields.Number):
@@ -137,7 +139,7 @@ ERROR = _object(
 def _stored():
     return _object({
         "status": {"type": "string", "enum": ["stored", "duplicate"]},
-        "kind": {"type": "string", "enum": list(SCHEMAS)},
+        "kind": {"type": "string", "enum": list(KINDS)},
         "callback_id": {"type": "integer"},
         "delivery_count": {"type": "integer", "minimum": 1},
     }, ["status", "kind", "callback_id", "delivery_count"])

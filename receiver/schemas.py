@@ -227,6 +227,9 @@ class ErrorTitle(fields.Field):
     SDK fixtures (1000). Loaded as text either way."""
 
     default_error_messages = {"invalid": "Must be an error code: a string or an integer."}
+    # Its JSON Schema in /openapi.json (receiver/openapi.py reads ``openapi`` of a field type).
+    openapi = {"anyOf": [{"type": "string", "maxLength": 100},
+                         {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}]}
 
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, float) and value.is_integer():
@@ -242,6 +245,8 @@ class Count(fields.Field):
     """A count or position that Vonage sends as a string ('2') and its SDKs as a number (2)."""
 
     default_error_messages = {"invalid": "Must be a whole number, as a string or an integer."}
+    # Its JSON Schema in /openapi.json; a Range validator bounds the integer form.
+    openapi = {"anyOf": [{"type": "string", "pattern": "^[0-9]{1,9}$"}, {"type": "integer"}]}
 
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 9:
@@ -276,6 +281,9 @@ class Workflow(Base):
 
     SPELLINGS = (("workflow_id", "id"), ("items_number", "item_number"),
                  ("items_total", "total_items"))
+    # spellings_agree in /openapi.json: JSON Schema cannot say "equal" or "at most", so the
+    # document asks for one spelling of each key (the leg number against the total is not said).
+    openapi_extra = {"not": {"anyOf": [{"required": list(pair)} for pair in SPELLINGS]}}
 
     @validates_schema
     def spellings_agree(self, data, **kwargs):
@@ -342,6 +350,19 @@ def _check_v1(schema, data, **kwargs):
         raise ValidationError(errors)
 
 
+def _v1_openapi():
+    """_check_v1 in /openapi.json: the lengths of `to` and `from` per channel, no `read` where
+    the channel has none."""
+    rules = [{"if": {"properties": {"channel": {"const": channel}}, "required": ["channel"]},
+              "then": {"properties": {key: {"minLength": low, "maxLength": high}
+                                      for key, (low, high) in zip(("to", "from"), lengths)}}}
+             for channel, lengths in ADDRESS_LENGTHS.items()]
+    rules.append({"if": {"properties": {"channel": {"enum": list(NO_READ_CHANNELS)}},
+                         "required": ["channel"]},
+                  "then": {"properties": {"status": {"not": {"const": "read"}}}}})
+    return {"allOf": rules}
+
+
 # The Messages API v1 status webhook: `to` and `from` are strings and `channel` is top-level.
 MessagesStatus = Base.from_dict(
     {
@@ -361,6 +382,7 @@ MessagesStatus = Base.from_dict(
     },
     name="MessagesStatus",
 )
+MessagesStatus.openapi_extra = _v1_openapi()
 
 
 MESSAGE_STATUS = "message_status"
