@@ -26,7 +26,7 @@ import requests
 import datasette_data
 from datasette_data import uid
 from payloads import final_report, status
-from servers import ROOT, VENV_BIN
+from testing.processes import ROOT, VENV_BIN
 from test_dashboard_browser import ARTIFACTS, PAGE_TIMEOUT_MS, browser, needs_chromium, start  # noqa: F401
 
 from receiver import create_app
