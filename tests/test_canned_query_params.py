@@ -5,12 +5,15 @@ SQLite's date() reads '01/11/2026' or '2026-11' as NULL, so `charged_at >= date(
 never true and the page shows 0 rows as if there were none; a `from` after `to` does the same.
 """
 
+import re
+import subprocess
+
 import pytest
 import requests
 import yaml
 
 import datasette_data
-from testing.processes import ROOT, Datasette
+from testing.processes import ROOT, VENV_BIN, Datasette
 
 METADATA = yaml.safe_load((ROOT / "config" / "metadata.yml").read_text())
 QUERIES = next(iter(METADATA["databases"].values()))["queries"]
@@ -102,3 +105,32 @@ def test_other_queries_are_not_checked(server):
                             params={"sql": "select :from as f", "from": "01/11/2026", "_shape": "array"})
     assert response.status_code == 200
     assert response.json() == [{"f": "01/11/2026"}]
+
+
+def test_behind_the_login_wall_only_a_visitor_who_may_see_the_query_is_told(tmp_path):
+    """Anonymous visitors get the login wall, whatever the parameters; after the login the
+    same request gets the message about its date."""
+    password = "a long test password"
+    hashed = subprocess.run([str(VENV_BIN / "datasette"), "hash-password", "--no-confirm"],
+                            input=password, capture_output=True, text=True, timeout=60,
+                            check=True).stdout.strip()
+    path = tmp_path / "dispatch.db"
+    datasette_data.fill(path)
+    process = Datasette(path, tmp_path / "datasette.log", DATASETTE_PASSWORD_HASH=hashed).start()
+    try:
+        url = f"{process.url}/dispatch/billing_by_day"
+        params = {"from": "01/11/2026", "to": ""}
+        anonymous = requests.get(url, params=params, allow_redirects=False, timeout=10)
+        assert anonymous.status_code in (302, 403), anonymous.text[:300]
+        assert "01/11/2026" not in anonymous.text
+        with requests.Session() as session:
+            form = session.get(f"{process.url}/-/login", timeout=10)
+            token = re.search(r'name="csrftoken" value="([^"]+)"', form.text).group(1)
+            login = session.post(f"{process.url}/-/login", timeout=30, allow_redirects=False,
+                                 data={"username": "root", "password": password, "csrftoken": token})
+            assert login.status_code == 302
+            refused = session.get(url, params=params, timeout=10)
+            assert refused.status_code == 400
+            assert "Expected YYYY-MM-DD" in refused.text
+    finally:
+        process.stop()

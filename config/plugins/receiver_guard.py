@@ -13,7 +13,8 @@
   saying which parameter and the format expected (YYYY-MM-DD), as an HTML page, in JSON for
   ``.json`` and as text for ``.csv``. Parameters are known by name, for every canned query:
   ``from``/``to`` and ``*_date`` are dates, ``as_of`` and ``*_at`` a date or a UTC time,
-  ``hours`` a number; empty means "not given", as the queries read it.
+  ``hours`` a number; empty means "not given", as the queries read it. Only a visitor who
+  may see the query is told: behind the login wall, anyone else gets the login wall.
 
 And the log: when ``rich`` is importable (the test extras bring it), Datasette 0.65 prints a
 300-line traceback with local variables for every handled error, a 404 included. Here only
@@ -28,6 +29,9 @@ from urllib.parse import parse_qsl
 
 import datasette.handle_exception
 from datasette import Response, hookimpl
+from datasette.plugins import pm
+from datasette.utils import await_me_maybe
+from datasette.utils.asgi import Request
 from datasette.views.base import DatasetteError
 from markupsafe import Markup, escape
 
@@ -165,10 +169,27 @@ async def _bad_parameters(datasette, scope):
     found = await _canned_query(datasette, scope["path"])
     if found is None:
         return None
-    _, _, query = found
+    database, name, query = found
+    # A visitor who may not see the query gets Datasette's own answer (the login wall), not
+    # a message about its parameters.
+    visible, _ = await datasette.check_visibility(
+        await _actor(datasette, scope),
+        permissions=[("view-query", (database, name)), ("view-database", database), "view-instance"])
+    if not visible:
+        return None
     declared = set(query.get("params") or ()) | set(re.findall(r":(\w+)", query.get("sql", "")))
     arguments = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
     return check_parameters({k: v for k, v in arguments.items() if k in declared})
+
+
+async def _actor(datasette, scope):
+    """The visitor, as Datasette's router will know them (ds_actor cookie, auth plugins)."""
+    request = Request(scope, None)
+    for actor in pm.hook.actor_from_request(datasette=datasette, request=request):
+        actor = await await_me_maybe(actor)
+        if actor:
+            return actor
+    return None
 
 
 async def _send_bad_request(datasette, scope, send, message):
