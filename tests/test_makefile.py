@@ -95,6 +95,14 @@ def test_make_run_installs_the_runtime_dependencies_only(tmp_path):
     for module in ("pytest", "playwright", "schemathesis", "hypothesis", "atheris"):
         found = subprocess.run([str(python), "-c", f"import {module}"], capture_output=True)
         assert found.returncode != 0, f"`make run` installed the test dependency {module}"
+    # What `make run` starts works with them alone: the CLI, gunicorn's config, Datasette's.
+    for command in (["receiver", "init-db"], ["receiver", "config"],
+                    ["gunicorn", "--check-config", "-c", "config/gunicorn.conf.py", "receiver.wsgi:app"],
+                    ["receiver", "datasette", "--dry-run"]):
+        ran = subprocess.run([str(repo / ".venv" / "bin" / command[0]), *command[1:]], cwd=repo,
+                             capture_output=True, text=True, timeout=120,
+                             env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+        assert ran.returncode == 0, f"{command}: {ran.stdout}{ran.stderr}"
     # Nothing left for `make run` to install: it goes through the runtime install only.
     plan = make(repo, "-n", "run")
     assert "pip install" not in plan.stdout and "receiver init-db" in plan.stdout, plan.stdout
