@@ -6,6 +6,9 @@ from datetime import timedelta
 
 from . import money
 
+# Each export reads one view of receiver/views.py, the one definition of billing; each row
+# has one currency. (columns written, SELECT with :start/:end; the last value is the row's
+# amount in nano-units, for the per-currency totals)
 BY_MESSAGE = (
     ["charged_at", "dispatch_uuid", "message_uuid", "channel", "charged_status", "price",
      "currency", "price_source"],
@@ -16,22 +19,17 @@ BY_MESSAGE = (
 )
 BY_DISPATCH = (
     ["dispatch_uuid", "first_charged_at", "messages", "channels", "total", "currency",
-     "final_report_total", "difference", "reason"],
-    f"""SELECT b.dispatch_uuid, min(b.charged_at), count(*), group_concat(DISTINCT b.channel),
-              NULL, group_concat(DISTINCT b.currency), r.final_report_total, NULL, NULL,
-              sum(b.price_nano), r.final_price_nano
-       FROM billing_lines b
-       LEFT JOIN (SELECT dispatch_uuid, final_price AS final_report_total,
-                         final_price_nano FROM dispatches) r USING (dispatch_uuid)
-       WHERE b.charged_at >= :start AND b.charged_at < :end
-       GROUP BY b.dispatch_uuid ORDER BY min(b.charged_at), b.dispatch_uuid""",
+     "final_report_total", "final_report_currency", "difference", "reason"],
+    """SELECT dispatch_uuid, first_charged_at, messages, channels, total, currency,
+              final_report_total, final_report_currency, difference, reason, total_nano
+       FROM billing_by_dispatch WHERE first_charged_at >= :start AND first_charged_at < :end
+       ORDER BY first_charged_at, dispatch_uuid, currency""",
 )
 BY_DAY = (
     ["day", "channel", "currency", "messages", "total"],
-    """SELECT substr(charged_at, 1, 10) AS day, channel, currency, count(*), NULL,
-              sum(price_nano)
-       FROM billing_lines WHERE charged_at >= :start AND charged_at < :end
-       GROUP BY day, channel, currency ORDER BY day, channel, currency""",
+    """SELECT day, channel, currency, messages, total, total_nano
+       FROM billing_by_day WHERE day >= :start AND day < :end
+       ORDER BY day, channel, currency""",
 )
 BILLING = {"message": BY_MESSAGE, "dispatch": BY_DISPATCH, "day": BY_DAY}
 
@@ -48,36 +46,20 @@ def count_billing_rows(conn, by, start, end):
 
 
 def billing_rows(conn, by, start, end):
-    """Yield (row values, currency, amount in nano-units) for each row of a billing export.
-
-    Totals are computed from integer nano-amounts, so they are exact decimals.
-    """
-    _, select = BILLING[by]
+    """Yield (row values, currency, amount in nano-units) for each row of a billing export."""
+    columns, select = BILLING[by]
+    currency = columns.index("currency")
     for row in conn.execute(select, period(start, end)):
-        if by == "message":
-            *values, nano = row
-            yield values, values[6], nano
-        elif by == "dispatch":
-            *values, nano, final_nano = row
-            values[4] = money.from_nano(nano)
-            if final_nano is None:
-                values[8] = "final report missing"
-            elif nano is not None:
-                values[7] = _signed(final_nano - nano)
-                values[8] = "totals differ" if final_nano != nano else ""
-            yield values, values[5], nano
-        else:
-            *values, nano = row
-            values[4] = money.from_nano(nano)
-            yield values, values[2], nano
-
-
-def _signed(nano):
-    return "-" + money.from_nano(-nano) if nano < 0 else money.from_nano(nano)
+        *values, nano = row
+        yield values, values[currency], nano
 
 
 def write_billing_csv(conn, by, start, end, out, progress=None):
-    """Write a billing export as RFC 4180 CSV (CRLF); return {currency: exact total text}."""
+    """Write a billing export as RFC 4180 CSV (CRLF).
+
+    Returns {currency: exact total text}, summed per currency from integer nano-amounts,
+    never across currencies.
+    """
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(BILLING[by][0])
     totals = {}

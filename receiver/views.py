@@ -1,10 +1,19 @@
-"""SQL views over the event store: billing lines and per-dispatch reconciliation.
+"""SQL views over the event store: the one definition of billing, and the reports built on it.
 
 Recreated by ``receiver init-db`` so that their definitions follow the receiver's version.
-Amounts are summed as integer billionths (``*_nano``) and shown as exact decimal text.
+Amounts are summed as integer billionths (``*_nano``) and shown as exact decimal text, and
+never across currencies: every total is per currency (a message without a price has none).
+``receiver export``, the canned queries and the dashboard read these views.
+Views (unlike canned queries) stream every row from Datasette with ``.csv?_stream=on``.
 """
 
 from . import money
+from .schemas import REACHED_RANKS
+
+
+def reached(column="status_rank"):
+    """SQL: true when ``column`` holds the rank of delivered or read."""
+    return f"{column} IN ({', '.join(str(rank) for rank in REACHED_RANKS)})"
 
 
 def signed_format(expression):
@@ -30,7 +39,13 @@ CHARGED_STATUS = """CASE
     ELSE CASE WHEN delivered_at IS NOT NULL THEN 'delivered' ELSE 'read' END
 END"""
 
+# Hours since a time, as of now (UTC), one decimal.
+def hours_since(expression):
+    return f"round((julianday('now') - julianday({expression})) * 24, 1)"
+
+
 VIEWS = {
+    # One row per charged message: the definition of billing.
     "billing_lines": f"""
 SELECT
     api,
@@ -46,6 +61,60 @@ SELECT
     price_source
 FROM messages
 WHERE {CHARGED_AT} IS NOT NULL
+""",
+    # Per charge day (UTC), channel and currency.
+    "billing_by_day": f"""
+SELECT
+    date(charged_at) AS day,
+    channel,
+    currency,
+    count(*) AS messages,
+    count(price_nano) AS priced_messages,
+    {money.sql_format('sum(price_nano)')} AS total,
+    sum(price_nano) AS total_nano
+FROM billing_lines
+GROUP BY day, channel, currency
+""",
+    # Per dispatch and currency, compared with the final report's total where that is in
+    # the same currency. first_charged_at is the dispatch's first charge (any currency), so
+    # a period filter on it keeps a dispatch's lines together.
+    "billing_by_dispatch": f"""
+SELECT
+    b.dispatch_uuid,
+    b.first_charged_at,
+    b.messages,
+    b.channels,
+    b.currency,
+    {money.sql_format('b.total_nano')} AS total,
+    b.total_nano,
+    d.final_price AS final_report_total,
+    d.final_currency AS final_report_currency,
+    CASE WHEN d.final_currency = b.currency
+         THEN {signed_format('d.final_price_nano - b.total_nano')} END AS difference,
+    CASE WHEN d.final_currency = b.currency
+         THEN d.final_price_nano - b.total_nano END AS difference_nano,
+    CASE
+        WHEN d.final_status IS NULL THEN 'final report missing'
+        WHEN b.currency IS NULL THEN 'messages charged without a price'
+        WHEN d.final_price_nano IS NULL THEN 'final report has no total'
+        WHEN b.currencies > 1 THEN 'messages priced in several currencies'
+        WHEN d.final_currency <> b.currency THEN 'final report in another currency'
+        WHEN d.final_price_nano = b.total_nano THEN NULL
+        ELSE 'totals differ'
+    END AS reason
+FROM (
+    SELECT
+        dispatch_uuid,
+        currency,
+        min(min(charged_at)) OVER (PARTITION BY dispatch_uuid) AS first_charged_at,
+        count(*) AS messages,
+        group_concat(DISTINCT channel) AS channels,
+        sum(price_nano) AS total_nano,
+        count(currency) OVER (PARTITION BY dispatch_uuid) AS currencies
+    FROM billing_lines
+    GROUP BY dispatch_uuid, currency
+) b
+LEFT JOIN dispatches d ON d.dispatch_uuid = b.dispatch_uuid
 """,
     "billing_reconciliation": f"""
 SELECT
@@ -97,11 +166,61 @@ FROM messages
 WHERE price_nano IS NOT NULL AND coalesce(dispatch_uuid, workflow_id) IS NOT NULL
 GROUP BY 1, api, currency
 """,
+    "reconciliation_discrepancies": """
+SELECT dispatch_uuid, reason, first_seen_at, final_status, final_timestamp, final_report_total,
+    messages_total, currency, difference, difference_nano
+FROM billing_reconciliation
+WHERE reason IS NOT NULL
+""",
+    # Each message's step in its dispatch (1 = first channel tried) and whether it reached
+    # its recipient (delivered or read).
+    "dispatch_steps": f"""
+SELECT
+    dispatch_uuid,
+    row_number() OVER (PARTITION BY dispatch_uuid ORDER BY workflow_position IS NULL,
+                       workflow_position, first_seen_at, message_uuid) AS step,
+    message_uuid,
+    channel,
+    status,
+    CASE WHEN {reached()} THEN 1 ELSE 0 END AS delivered,
+    CASE WHEN {reached()} THEN coalesce(delivered_at, read_at) END AS delivered_at
+FROM messages
+WHERE dispatch_uuid IS NOT NULL
+""",
+    "messages_stuck_at_submitted": f"""
+SELECT
+    m.message_uuid,
+    m.dispatch_uuid,
+    m.channel,
+    m.workflow_position AS step,
+    coalesce(m.submitted_at, m.first_seen_at, m.final_report_at) AS submitted_at,
+    {hours_since('coalesce(m.submitted_at, m.first_seen_at, m.final_report_at)')} AS hours_submitted,
+    m.final_report_status,
+    d.final_status AS dispatch_final_status,
+    d.delivered_channel AS dispatch_delivered_channel
+FROM messages m LEFT JOIN dispatches d ON d.dispatch_uuid = m.dispatch_uuid
+WHERE m.status = 'submitted'
+""",
+    "dispatches_without_final_report": f"""
+SELECT
+    dispatch_uuid,
+    first_seen_at,
+    last_seen_at,
+    {hours_since('first_seen_at')} AS hours_waiting,
+    message_count,
+    channels,
+    delivered_channel,
+    messages_price,
+    messages_currency
+FROM dispatches
+WHERE final_status IS NULL
+""",
 }
 
 
 def create_views(conn):
     """Drop and recreate every view (inside the caller's transaction)."""
-    for name, select in VIEWS.items():
+    for name in reversed(VIEWS):  # a view may read one defined before it
         conn.execute(f"DROP VIEW IF EXISTS {name}")
+    for name, select in VIEWS.items():
         conn.execute(f"CREATE VIEW {name} AS {select}")

@@ -108,3 +108,47 @@ def test_export_needs_a_period(runner, db_path):
     result = runner.invoke(["export", "billing", "--db", str(db_path), "--from", "November",
                             "--to", "2026-11-30"])
     assert result.exit_code == 2 and "is not a date" in result.output
+
+
+def test_billing_never_adds_currencies_together(client, runner, db_path):
+    """A dispatch charged 0.5 EUR and 0.25 USD: every export gives a line and a total per
+    currency, never 0.75 'EUR,USD'."""
+    d, eur, usd = new_uuid(), new_uuid(), new_uuid()
+    post_all(client, [
+        status(eur, d, "submitted", channel="sms", price="0.5", currency="EUR",
+               timestamp="2026-11-03T09:00:00Z"),
+        status(usd, d, "submitted", channel="mms", price="0.25", currency="USD",
+               timestamp="2026-11-03T09:01:00Z"),
+        final_report(d, [(eur, "sms", "submitted", "0.5")], price="0.5", currency="EUR",
+                     timestamp="2026-11-03T09:02:00Z"),
+    ])
+    for by in ("message", "dispatch", "day"):
+        result = export(runner, db_path, "billing", "--from", "2026-11-01", "--to", "2026-11-30",
+                        "--by", by)
+        header, *lines = read_csv(result.stdout)
+        assert sorted((line[header.index("currency")], line[header.index("total" if by != "message" else "price")])
+                      for line in lines) == [("EUR", "0.5"), ("USD", "0.25")], by
+        assert "total 0.5 EUR, 0.25 USD" in result.stderr, by
+        assert "0.75" not in result.stdout + result.stderr and "EUR,USD" not in result.stdout, by
+    result = export(runner, db_path, "billing", "--from", "2026-11-01", "--to", "2026-11-30",
+                    "--by", "dispatch")
+    header, *lines = read_csv(result.stdout)
+    by_currency = {line[header.index("currency")]: dict(zip(header, line)) for line in lines}
+    assert {c: (r["final_report_total"], r["difference"], r["reason"]) for c, r in by_currency.items()} == {
+        "EUR": ("0.5", "0", "messages priced in several currencies"),
+        "USD": ("0.5", "", "messages priced in several currencies"),
+    }
+
+
+def test_billing_is_summed_only_in_the_views():
+    """One definition of billing: receiver/views.py is the only place that adds up prices;
+    export, canned queries and charts read its views (store.py keeps dispatches' own total)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    places = sorted(
+        str(path.relative_to(root))
+        for path in [*root.glob("receiver/*.py"), root / "config" / "metadata.yml"]
+        if "sum(price_nano" in path.read_text() or "sum(b.price_nano" in path.read_text()
+    )
+    assert places == ["receiver/store.py", "receiver/views.py"]
