@@ -156,3 +156,16 @@ def fill(db_path, now=None):
     bodies, uuids = scenario_bodies(now)
     post_all(db_path, bodies)
     return uuids
+
+
+def many_bodies(count, start=datetime(2025, 1, 1, tzinfo=timezone.utc), every=timedelta(minutes=55)):
+    """``count`` dispatches, one every ``every`` from ``start`` (over a thousand hours for a
+    thousand and more): each an SMS leg submitted at 0.05 EUR that nothing followed, so each is
+    a billing line, a message stuck at submitted and a dispatch without final report (a
+    reconciliation discrepancy). Returns the bodies in delivery order."""
+    bodies = []
+    for i in range(count):
+        moment = start + i * every
+        bodies.append(status(uid(f"many.{i}.sms"), uid(f"many.{i}"), "submitted", channel="sms",
+                             timestamp=iso(moment), price="0.05"))
+    return bodies

@@ -7,17 +7,20 @@ Python playwright package; no browser is downloaded. The dashboard's screenshot 
 test-artifacts/dashboard.png.
 """
 
+import csv
+import io
 import re
 import subprocess
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 import requests
 
-from receiver import views
-
 import datasette_data
 from testing.processes import ROOT, VENV_BIN, Datasette
+
+from receiver import views
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -188,16 +191,17 @@ def test_dashboard_charts_render_with_the_stored_data(server, filled, browser):
         for name, chart in charts.items():
             assert chart["rows"] and chart["marks"] > 0 and chart["drawn"] > 0, (name, chart)
 
-        # Callbacks per hour by status: every stored callback, once.
-        hourly = charts["callbacks-per-hour"]["rows"]
-        assert sum(row["callbacks"] for row in hourly) == len(bodies)
-        march_1 = {row["status"]: row["callbacks"] for row in hourly
-                   if row["hour"] == "2025-03-01T10:00:00Z"}
-        assert march_1 == {"submitted": 2, "delivered": 2, "read": 1, "final report completed": 1}
+        # Callbacks by status over time: every stored callback, once. The data spans from
+        # March 2025 to today: more than four years gives yearly buckets, else monthly.
+        periods = charts["callbacks-per-hour"]["rows"]
+        assert sum(row["callbacks"] for row in periods) == len(bodies)
+        assert {row["unit"] for row in periods} <= {"month", "year"}
+        assert len(periods) < 100
 
         # Cost per day per channel and currency, exact in the tooltip, one bar per row.
         cost = charts["cost-per-day"]
-        by_day = {(r["day"], r["series"]): r["cost"] for r in cost["rows"]}
+        by_day = {(r["period"], r["series"]): r["cost"] for r in cost["rows"]}
+        assert {r["unit"] for r in cost["rows"]} == {"day"}
         assert by_day == {
             ("2025-03-01", "sms (EUR)"): "0.0333", ("2025-03-01", "whatsapp (EUR)"): "0.002",
             ("2025-03-02", "sms (EUR)"): "0.3", ("2025-03-02", "sms (USD)"): "0.05",
@@ -206,7 +210,16 @@ def test_dashboard_charts_render_with_the_stored_data(server, filled, browser):
         assert cost["marks"] == len(cost["rows"])
 
         # Failover rate per day: A (01), F of F/G/G2 (03), J of J/T (04) needed failover.
-        rate = {r["day"]: r["failover_pct"] for r in charts["failover-rate"]["rows"]}
+        march = f"{server.url}/-/dashboards/dispatch?from=2025-03-01&to=2025-03-04"
+        march_page, march_charts, march_problems = open_dashboard(page.context.browser, march)
+        march_page.close()
+        assert march_problems == []
+        hourly = march_charts["callbacks-per-hour"]["rows"]
+        assert {row["unit"] for row in hourly} == {"day"}  # four days of data
+        march_1 = {row["status"]: row["callbacks"] for row in hourly
+                   if row["period"] == "2025-03-01T00:00:00Z"}
+        assert march_1 == {"submitted": 2, "delivered": 2, "read": 1, "final report completed": 1}
+        rate = {r["period"]: r["failover_pct"] for r in march_charts["failover-rate"]["rows"]}
         assert {day: rate[day] for day in ("2025-03-01", "2025-03-02", "2025-03-03", "2025-03-04")} == {
             "2025-03-01": 100.0, "2025-03-02": 0.0, "2025-03-03": 33.3, "2025-03-04": 50.0}
 
@@ -242,11 +255,93 @@ def test_dashboard_filters_narrow_every_chart(server, browser):
         assert problems == []
         errors = charts["top-error-codes"]["rows"]
         assert [(r["error"], r["callbacks"]) for r in errors] == [("1330 Delivery failed", 2)]
-        assert {r["day"] for r in charts["cost-per-day"]["rows"]} == {"2025-03-03"}
-        assert {r["hour"][:10] for r in charts["callbacks-per-hour"]["rows"]} == {"2025-03-03"}
-        # F started with Viber: of the SMS-first dispatches G and G2, none failed over.
-        assert [(r["day"], r["dispatches"], r["failover_pct"])
-                for r in charts["failover-rate"]["rows"]] == [("2025-03-03", 2, 0.0)]
-        assert page.inner_text("#chart-dispatches").strip() == "2"
+        assert {r["period"] for r in charts["cost-per-day"]["rows"]} == {"2025-03-03"}
+        hourly = charts["callbacks-per-hour"]["rows"]
+        assert {r["period"][:10] for r in hourly} == {"2025-03-03"} and {r["unit"] for r in hourly} == {"hour"}
+        # The channel filter counts a dispatch under any of its legs: F tried Viber first and
+        # fell back to SMS, so it counts under sms with G and G2; one of three failed over.
+        assert [(r["period"], r["dispatches"], r["failover_pct"])
+                for r in charts["failover-rate"]["rows"]] == [("2025-03-03", 3, 33.3)]
+        assert page.inner_text("#chart-dispatches").strip() == "3"
+        assert page.inner_text("#chart-failover-overall").strip() == "33.3 %"
+        # SMS callbacks of F, G, G2 (2 each) and the final reports of F and G (G2 has none).
+        assert page.inner_text("#chart-callbacks").strip() == "8"
+        assert "any leg" in page.inner_text("body")
     finally:
         page.close()
+
+
+# --- more than 1,000 result rows: every export complete, every chart bounded ----------------
+
+MANY = 1_100  # dispatches, one every 55 minutes: 1,100 distinct hours over 42 days
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory):
+    """The real `receiver datasette` over 1,100 dispatches posted to the receiver."""
+    directory = tmp_path_factory.mktemp("many")
+    path = directory / "many.db"
+    datasette_data.post_all(path, datasette_data.many_bodies(MANY))
+    process = start(path, directory / "datasette.log")
+    yield process
+    process.stop()
+
+
+def csv_rows(url):
+    with requests.get(url, timeout=60) as response:
+        assert response.status_code == 200, (url, response.text[:500])
+        return list(csv.reader(io.StringIO(response.text, newline="")))
+
+
+@pytest.mark.parametrize("path", [
+    "reconciliation_discrepancies.csv?_stream=on",
+    "messages_stuck_at_submitted.csv?_stream=on&hours_submitted__gte=1",
+    "dispatches_without_final_report.csv?_stream=on&hours_waiting__gte=24",
+    "billing_lines.csv?_stream=on",
+    "billing_by_dispatch.csv?_stream=on",
+])
+def test_the_readmes_exports_give_every_row_past_1000(many, path):
+    """What the README tells a user to export streams every row over HTTP, each once."""
+    header, *rows = csv_rows(f"{many.url}/many/{path}")
+    assert len(rows) == MANY, (path, len(rows))
+    key = header.index("message_uuid" if "message_uuid" in header else "dispatch_uuid")
+    assert len({row[key] for row in rows}) == MANY
+
+
+def test_billing_by_day_streams_and_adds_up_exactly(many):
+    header, *rows = csv_rows(f"{many.url}/many/billing_by_day.csv?_stream=on")
+    assert {row[header.index("currency")] for row in rows} == {"EUR"}
+    total = sum(Decimal(row[header.index("total")]) for row in rows)
+    assert total == Decimal("0.05") * MANY
+
+
+@needs_chromium
+def test_every_chart_stays_bounded_and_complete_over_any_period(many, browser):
+    """1,100 hours of callbacks: the time charts switch to coarser buckets and still count
+    every callback; no chart comes near Datasette's 1,000-row limit."""
+    page, charts, problems = open_dashboard(browser, f"{many.url}/-/dashboards/dispatch")
+    try:
+        assert problems == []
+        for name, chart in charts.items():  # (no errors in this data: no error chart rows)
+            assert len(chart["rows"]) < 500, (name, len(chart["rows"]))
+            assert name == "top-error-codes" or chart["rows"] and chart["drawn"] > 0, name
+        callbacks = charts["callbacks-per-hour"]["rows"]
+        assert sum(row["callbacks"] for row in callbacks) == MANY
+        assert {row["unit"] for row in callbacks} == {"day"}  # 42 days of data
+        cost = charts["cost-per-day"]["rows"]
+        assert sum(Decimal(row["cost"]) for row in cost) == Decimal("0.05") * MANY
+        assert sum(row["dispatches"] for row in charts["failover-rate"]["rows"]) == MANY
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "dashboard-many.png"), full_page=True)
+    finally:
+        page.close()
+    # Two days, then one: hour buckets; a year: weeks.
+    for query, unit, most in (("from=2025-01-10&to=2025-01-11", "hour", 48),
+                              ("from=2025-01-01&to=2025-12-31", "day", 92)):
+        page, charts, problems = open_dashboard(browser, f"{many.url}/-/dashboards/dispatch?{query}")
+        try:
+            assert problems == []
+            rows = charts["callbacks-per-hour"]["rows"]
+            assert {row["unit"] for row in rows} == {unit} and len(rows) <= most, (query, len(rows))
+        finally:
+            page.close()
