@@ -286,13 +286,14 @@ def init_db(path, **kwargs):
     """Create or migrate the schema at ``path``; safe to run from several processes at once."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
+    from . import store  # store imports db
+
     try:
         conn = connect(path, **kwargs)
     except sqlite3.DatabaseError as error:
         raise DatabaseError(f"{path}: cannot be opened as a SQLite database ({error})") from None
     try:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with store.transaction(conn):
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             _check_version(path, version)
             statements = [s.strip() for s in TABLES.split(";") if s.strip()]
@@ -305,15 +306,9 @@ def init_db(path, **kwargs):
                     conn.execute(statement)
             if 0 < version < 2:
                 # Schema 2 adds `workflows`: one row for each dispatch stored before it.
-                from . import store  # store imports db
-
                 store.refresh_all_workflows(conn)
             views.create_views(conn)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         return version
     finally:
         conn.close()

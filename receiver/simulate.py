@@ -292,38 +292,32 @@ def sign(body, secret, api_key="simulated", application_id=None, now=None):
     return "Bearer " + jwt.encode(claims, secret, algorithm="HS256")
 
 
-def store_all(workflows, conn, progress=None, batch=500):
+def store_all(workflows, conn, progress=None, batch=150):
     """Validate and store every callback through the receiver's storage code, in arrival order
-    within each workflow; return counts of what happened."""
+    within each workflow, ``batch`` workflows per transaction; return counts of what happened."""
+    from itertools import islice
+
     from . import store
     from .callbacks import Rejection, parse
 
     outcome = {"stored": 0, "duplicate": 0, "rejected": 0}
-    pending = 0
-    conn.execute("BEGIN IMMEDIATE")
+    workflows = iter(workflows)
     try:
-        for _, deliveries in workflows:
-            for delivery in deliveries:
-                try:
-                    callback = parse(delivery.body)
-                except Rejection:
-                    outcome["rejected"] += 1
-                    continue
-                arrived = delivery.at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-                stored = store.store_callback(
-                    conn, callback, store.Delivery(delivery.body, "simulate", arrived))
-                outcome["duplicate" if stored.duplicate else "stored"] += 1
-                pending += 1
-            if pending >= batch:
-                conn.execute("COMMIT")
-                conn.execute("BEGIN IMMEDIATE")
-                pending = 0
-            if progress is not None:
-                progress.update(1)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
+        while chunk := list(islice(workflows, batch)):
+            with store.transaction(conn):
+                for _, deliveries in chunk:
+                    for delivery in deliveries:
+                        try:
+                            callback = parse(delivery.body)
+                        except Rejection:
+                            outcome["rejected"] += 1
+                            continue
+                        arrived = delivery.at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+                        stored = store.store_callback(
+                            conn, callback, store.Delivery(delivery.body, "simulate", arrived))
+                        outcome["duplicate" if stored.duplicate else "stored"] += 1
+                    if progress is not None:
+                        progress.update(1)
     finally:
         if progress is not None:
             progress.render_finish()
