@@ -152,3 +152,20 @@ def test_billing_is_summed_only_in_the_views():
         if "sum(price_nano" in path.read_text() or "sum(b.price_nano" in path.read_text()
     )
     assert places == ["receiver/store.py", "receiver/views.py"]
+
+
+def test_delivered_or_read_is_named_once():
+    """The ranks of "delivered or read" come from schemas.STATUS_RANK through views.reached();
+    no SQL spells them as numbers."""
+    import re
+    from pathlib import Path
+
+    from receiver import schemas, views
+
+    root = Path(__file__).resolve().parent.parent
+    assert views.reached() == (f"status_rank IN ({schemas.STATUS_RANK['delivered']}, "
+                               f"{schemas.STATUS_RANK['read']})")
+    spelled = [str(path.relative_to(root))
+               for path in [*root.glob("receiver/*.py"), root / "config" / "metadata.yml"]
+               if re.search(r"status_rank\s+IN\s*\(\s*\d", path.read_text())]
+    assert spelled == []
