@@ -211,8 +211,8 @@ def _check_filters(conn, ids, reason):
             "SELECT DISTINCT reason FROM rejected_callbacks ORDER BY reason")]
         if reason not in known:
             raise click.ClickException(
-                f"unknown reason {reason!r}: the rejected callbacks here have "
-                f"{', '.join(known) or 'none'}")
+                f"unknown reason {reason!r}: no rejected callback here has it (reasons here: "
+                f"{', '.join(known) or 'none'})")
 
 
 ACCEPTED_UNVERIFIED = "accepted_unverified"
