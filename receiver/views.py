@@ -39,8 +39,8 @@ CHARGED_STATUS = """CASE
     ELSE CASE WHEN delivered_at IS NOT NULL THEN 'delivered' ELSE 'read' END
 END"""
 
-# Hours since a time, as of now (UTC), one decimal.
 def hours_since(expression):
+    """SQL: hours from the time ``expression`` to now (UTC), one decimal."""
     return f"round((julianday('now') - julianday({expression})) * 24, 1)"
 
 
