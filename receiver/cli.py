@@ -371,15 +371,16 @@ def _with_period(command):
 @database_option
 @_with_period
 @click.option("--by", type=click.Choice(["message", "dispatch", "day"]), default="message",
-              show_default=True, help="One row per charged message, per dispatch and currency (dispatches whose first "
-              "charge is in the period, all their charges), or per day, channel and currency.")
+              show_default=True, help="One row per charged message; per dispatch (or Messages workflow) and currency, "
+              "for those first charged in the period, all their charges; or per day, channel "
+              "and currency.")
 def export_billing(database, start, end, output, by):
     """Billing CSV: what Vonage charged, by the time each message became chargeable.
 
     SMS/MMS are charged when submitted, WhatsApp, Viber and Messenger when delivered.
     Each row has one currency; totals are exact decimals, never summed across currencies;
     the grand total per currency is printed on stderr. Reads the views billing_lines,
-    billing_by_dispatch and billing_by_day.
+    billing_by_workflow and billing_by_day.
 
     Example: receiver export billing --from 2026-11-01 --to 2026-11-30 --by day -o nov.csv
     """

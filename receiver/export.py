@@ -17,13 +17,14 @@ BY_MESSAGE = (
        FROM billing_lines WHERE charged_at >= :start AND charged_at < :end
        ORDER BY charged_at, message_uuid""",
 )
-BY_DISPATCH = (
-    ["dispatch_uuid", "first_charged_at", "messages", "channels", "total", "currency",
-     "final_report_total", "final_report_currency", "difference", "reason"],
-    """SELECT dispatch_uuid, first_charged_at, messages, channels, total, currency,
-              final_report_total, final_report_currency, difference, reason, total_nano
-       FROM billing_by_dispatch WHERE first_charged_at >= :start AND first_charged_at < :end
-       ORDER BY first_charged_at, dispatch_uuid, currency""",
+BY_WORKFLOW = (
+    ["api", "workflow_id", "message_uuid", "first_charged_at", "messages", "channels", "total",
+     "currency", "final_report_total", "final_report_currency", "difference", "reason"],
+    """SELECT api, workflow_id, message_uuid, first_charged_at, messages, channels, total,
+              currency, final_report_total, final_report_currency, difference, reason,
+              total_nano
+       FROM billing_by_workflow WHERE first_charged_at >= :start AND first_charged_at < :end
+       ORDER BY first_charged_at, api, workflow_id, message_uuid, currency""",
 )
 BY_DAY = (
     ["day", "channel", "currency", "messages", "total"],
@@ -31,7 +32,7 @@ BY_DAY = (
        FROM billing_by_day WHERE day >= :start AND day < :end
        ORDER BY day, channel, currency""",
 )
-BILLING = {"message": BY_MESSAGE, "dispatch": BY_DISPATCH, "day": BY_DAY}
+BILLING = {"message": BY_MESSAGE, "dispatch": BY_WORKFLOW, "day": BY_DAY}
 
 
 def period(start, end):

@@ -75,14 +75,38 @@ SELECT
 FROM billing_lines
 GROUP BY day, channel, currency
 """,
-    # Per dispatch and currency, compared with the final report's total where that is in
-    # the same currency. first_charged_at is the dispatch's first charge (any currency), so
-    # a period filter on it keeps a dispatch's lines together.
-    "billing_by_dispatch": f"""
+    # Per workflow of either API (a Dispatch dispatch, a Messages failover request; a message
+    # outside any workflow on its own line) and currency, compared with the final report's
+    # total where Vonage sends one in the same currency. first_charged_at is the workflow's
+    # first charge in any currency, so a period filter on it keeps its lines together.
+    "billing_by_workflow": f"""
+WITH lines AS (
+    SELECT *, CASE WHEN workflow_id IS NULL THEN message_uuid END AS single_message
+    FROM billing_lines
+),
+totals AS (
+    SELECT
+        api,
+        workflow_id,
+        single_message AS message_uuid,
+        currency,
+        min(min(charged_at)) OVER workflow AS first_charged_at,
+        count(*) AS messages,
+        count(price_nano) AS priced_messages,
+        group_concat(DISTINCT channel) AS channels,
+        sum(price_nano) AS total_nano,
+        count(currency) OVER workflow AS currencies
+    FROM lines
+    GROUP BY api, workflow_id, single_message, currency
+    WINDOW workflow AS (PARTITION BY api, workflow_id, single_message)
+)
 SELECT
-    b.dispatch_uuid,
+    b.api,
+    b.workflow_id,
+    b.message_uuid,
     b.first_charged_at,
     b.messages,
+    b.priced_messages,
     b.channels,
     b.currency,
     {money.sql_format('b.total_nano')} AS total,
@@ -94,6 +118,8 @@ SELECT
     CASE WHEN d.final_currency = b.currency
          THEN d.final_price_nano - b.total_nano END AS difference_nano,
     CASE
+        WHEN b.api <> 'dispatch' THEN 'Messages API: Vonage sends no total to compare with'
+        WHEN b.workflow_id IS NULL THEN 'no dispatch'
         WHEN d.final_status IS NULL THEN 'final report missing'
         WHEN b.currency IS NULL THEN 'messages charged without a price'
         WHEN d.final_price_nano IS NULL THEN 'final report has no total'
@@ -102,19 +128,8 @@ SELECT
         WHEN d.final_price_nano = b.total_nano THEN NULL
         ELSE 'totals differ'
     END AS reason
-FROM (
-    SELECT
-        dispatch_uuid,
-        currency,
-        min(min(charged_at)) OVER (PARTITION BY dispatch_uuid) AS first_charged_at,
-        count(*) AS messages,
-        group_concat(DISTINCT channel) AS channels,
-        sum(price_nano) AS total_nano,
-        count(currency) OVER (PARTITION BY dispatch_uuid) AS currencies
-    FROM billing_lines
-    GROUP BY dispatch_uuid, currency
-) b
-LEFT JOIN dispatches d ON d.dispatch_uuid = b.dispatch_uuid
+FROM totals b
+LEFT JOIN dispatches d ON b.api = 'dispatch' AND d.dispatch_uuid = b.workflow_id
 """,
     "billing_reconciliation": f"""
 SELECT
@@ -152,25 +167,18 @@ SELECT
 FROM workflows w WHERE w.api = 'messages'
 """,
     # What each failover workflow of either API cost, one row per currency: never a sum
-    # across currencies.
-    "workflow_costs": f"""
-SELECT
-    coalesce(dispatch_uuid, workflow_id) AS workflow_id,
-    api,
-    currency,
-    count(*) AS priced_messages,
-    group_concat(channel, ',') AS channels,
-    {money.sql_format('sum(price_nano)')} AS price,
-    sum(price_nano) AS price_nano
-FROM messages
-WHERE price_nano IS NOT NULL AND coalesce(dispatch_uuid, workflow_id) IS NOT NULL
-GROUP BY 1, api, currency
+    # across currencies (the priced lines of billing_by_workflow).
+    "workflow_costs": """
+SELECT workflow_id, api, currency, priced_messages, channels, total AS price,
+    total_nano AS price_nano
+FROM billing_by_workflow
+WHERE workflow_id IS NOT NULL AND total_nano IS NOT NULL
 """,
     "reconciliation_discrepancies": """
 SELECT dispatch_uuid, reason, first_seen_at, final_status, final_timestamp, final_report_total,
     messages_total, currency, difference, difference_nano
 FROM billing_reconciliation
-WHERE reason IS NOT NULL
+WHERE reason IS NOT NULL AND api = 'dispatch'
 """,
     # Each message's step in its dispatch (1 = first channel tried) and whether it reached
     # its recipient (delivered or read).

@@ -298,13 +298,13 @@ def csv_rows(url):
     "messages_stuck_at_submitted.csv?_stream=on&hours_submitted__gte=1",
     "dispatches_without_final_report.csv?_stream=on&hours_waiting__gte=24",
     "billing_lines.csv?_stream=on",
-    "billing_by_dispatch.csv?_stream=on",
+    "billing_by_workflow.csv?_stream=on",
 ])
 def test_the_readmes_exports_give_every_row_past_1000(many, path):
     """What the README tells a user to export streams every row over HTTP, each once."""
     header, *rows = csv_rows(f"{many.url}/many/{path}")
     assert len(rows) == MANY, (path, len(rows))
-    key = header.index("message_uuid" if "message_uuid" in header else "dispatch_uuid")
+    key = header.index("dispatch_uuid" if "dispatch_uuid" in header else "workflow_id")
     assert len({row[key] for row in rows}) == MANY
 
 

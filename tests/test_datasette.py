@@ -217,8 +217,8 @@ def test_billing_by_day_keeps_to_the_period(client):
     assert view_rows(client, "billing_by_day", day__gte="2025-04-01", day__lte="2025-04-30") == []
 
 
-def test_billing_by_dispatch_has_a_line_per_currency(client, u):
-    rows = {r["dispatch_uuid"]: r for r in view_rows(client, "billing_by_dispatch")}
+def test_billing_by_workflow_has_a_line_per_currency(client, u):
+    rows = {r["workflow_id"]: r for r in view_rows(client, "billing_by_workflow")}
     assert (rows[u["H"]]["currency"], rows[u["H"]]["total"], rows[u["H"]]["reason"]) == (
         "USD", "0.05", None)
     assert (rows[u["T"]]["total"], rows[u["T"]]["final_report_total"], rows[u["T"]]["difference"],

@@ -169,3 +169,26 @@ def test_delivered_or_read_is_named_once():
                for path in [*root.glob("receiver/*.py"), root / "config" / "metadata.yml"]
                if re.search(r"status_rank\s+IN\s*\(\s*\d", path.read_text())]
     assert spelled == []
+
+
+def test_billing_by_dispatch_covers_messages_workflows_and_single_messages(client, runner, db_path):
+    """A Messages API failover request is one line per currency under its workflow_id; a v1
+    message outside any workflow is its own line; neither has a provider total."""
+    from payloads import messages_failover, v1_status
+
+    workflow_id, _, bodies = messages_failover(("whatsapp", "sms"))
+    single = new_uuid()
+    post_all(client, [*bodies, v1_status(single, "submitted", price="0.05", currency="USD",
+                                         timestamp="2026-11-02T10:00:00Z")])
+    result = export(runner, db_path, "billing", "--from", "2026-11-01", "--to", "2026-11-30",
+                    "--by", "dispatch")
+    header, *lines = read_csv(result.stdout)
+    got = [{k: line[header.index(k)] for k in ("api", "workflow_id", "message_uuid", "total",
+                                               "currency", "reason")} for line in lines]
+    assert got == [
+        {"api": "messages", "workflow_id": workflow_id, "message_uuid": "", "total": "0.0333",
+         "currency": "EUR", "reason": "Messages API: Vonage sends no total to compare with"},
+        {"api": "messages", "workflow_id": "", "message_uuid": single, "total": "0.05",
+         "currency": "USD", "reason": "Messages API: Vonage sends no total to compare with"},
+    ]
+    assert "total 0.0333 EUR, 0.05 USD" in result.stderr
