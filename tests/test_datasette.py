@@ -783,3 +783,36 @@ def test_command_serves_the_live_file_read_only_with_the_metadata_and_plugins():
     assert settings["allow_csv_stream"] == "on"
     assert int(settings["sql_time_limit_ms"]) > 0
     assert "Example:" in CliRunner().invoke(browse.datasette_command, ["--help"]).output
+
+
+# --- dashboard queries (rendered in Chromium by test_dashboard_browser) -----------------------
+
+
+def chart_rows(path, chart, **filters):
+    """Rows of one dashboard chart's query, with the dashboard's own filter substitution."""
+    from datasette_dashboards import replace_opts_in_query
+
+    with open(METADATA) as file:
+        charts = yaml.safe_load(file)["plugins"]["datasette-dashboards"]["dispatch"]["charts"]
+    sql = replace_opts_in_query(charts[chart]["query"], filters)
+    with closing(sqlite3.connect(str(path))) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(row) for row in conn.execute(sql, filters)]
+
+
+def test_workflow_charts_count_messages_failover_requests_under_any_legs_channel(tmp_path):
+    """A Messages API failover request (WhatsApp rejected, then SMS) is a workflow of the
+    dashboard like a dispatch, counted under sms and whatsapp alike, and it failed over."""
+    from payloads import messages_failover
+
+    path = tmp_path / "v1.db"
+    _, _, bodies = messages_failover(("whatsapp", "sms"))
+    datasette_data.post_all(path, bodies)
+    for channel in ("", "whatsapp", "sms"):
+        filters = {"from": "", "to": "", "channel": channel}
+        assert chart_rows(path, "dispatches", **filters) == [{"dispatches": 1}], channel
+        assert chart_rows(path, "failover-overall", **filters) == [{"failover": "100.0 %"}]
+        [rate] = chart_rows(path, "failover-rate", **filters)
+        assert (rate["dispatches"], rate["failed_over"]) == (1, 1)
+    assert chart_rows(path, "dispatches", **{"from": "", "to": "", "channel": "mms"}) == [
+        {"dispatches": 0}]
