@@ -32,6 +32,18 @@ HTTP_STATUS_TEXT = {
 }
 
 
+# Every typed reason a refusal can have (Rejection.reason), what `reprocess --reason` takes.
+REASONS = (
+    # the bytes (400) and the JSON (422)
+    "empty_body", "invalid_utf8", "invalid_json", "invalid_unicode", "too_deep", "body_too_large",
+    "schema_error", "unknown_kind", "inbound_message", "unstorable",
+    # signatures and credentials (401)
+    "missing_token", "malformed_token", "bad_algorithm", "bad_signature", "unknown_api_key",
+    "payload_hash_mismatch", "missing_iat", "bad_iat", "expired_token", "token_not_yet_valid",
+    "future_iat", "stale_iat", "missing_basic_auth", "bad_basic_auth",
+)
+
+
 class Rejection(Exception):
     """A callback the receiver will not store as an event, with why."""
 

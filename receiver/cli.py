@@ -12,7 +12,7 @@ import click
 from . import __version__, db, store
 from . import export as exports
 from .browse import datasette_command
-from .callbacks import ENDPOINT_KINDS, Rejection, parse
+from .callbacks import ENDPOINT_KINDS, REASONS, Rejection, parse
 from .config import describe, load_settings
 from .signatures import BASIC_REASONS, UNSIGNED, Signature, Verifier
 from .writer import is_database_failure
@@ -206,13 +206,12 @@ def _check_filters(conn, ids, reason):
         if done:
             raise click.ClickException(
                 f"rejected callback {', '.join(done)} was already reprocessed (see callback_id)")
-    if reason:
-        known = [r for (r,) in conn.execute(
+    if reason and reason not in REASONS:
+        present = [r for (r,) in conn.execute(
             "SELECT DISTINCT reason FROM rejected_callbacks ORDER BY reason")]
-        if reason not in known:
-            raise click.ClickException(
-                f"unknown reason {reason!r}: no rejected callback here has it (reasons here: "
-                f"{', '.join(known) or 'none'})")
+        raise click.ClickException(
+            f"unknown reason {reason!r}: the receiver gives no such reason (reasons here: "
+            f"{', '.join(present) or 'none'})")
 
 
 ACCEPTED_UNVERIFIED = "accepted_unverified"

@@ -175,3 +175,16 @@ def test_filters_that_match_nothing_are_errors(server, runner, db_path, args, me
     assert message in result.output
     assert "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_every_reason_the_code_gives_is_a_reason_reprocess_takes():
+    """callbacks.REASONS lists every typed reason a Rejection is made with in receiver/."""
+    import re
+    from pathlib import Path
+
+    from receiver.callbacks import REASONS
+
+    source = "\n".join(p.read_text() for p in Path(__file__).resolve().parent.parent.joinpath("receiver").glob("*.py"))
+    given = set(re.findall(r'(?:Rejection\(\s*\d+,\s*|_refuse\(\s*)"([a-z_]+)"', source))
+    given |= set(re.findall(r'raise _refuse\(\s*"([a-z_]+)"', source))
+    assert given and given <= set(REASONS), given - set(REASONS)
