@@ -41,7 +41,7 @@ CURRENCY_PATTERN = re.compile(r"^[A-Z]{3}\Z")
 
 ISO_DATETIME = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d{1,12}))?"
-    r"[ ]?(?:([Zz])|([+-])(\d{2}):?(\d{2}))?\Z",
+    r"(?:([Zz])|[ ]?([+-])(\d{2}):?(\d{2}))?\Z",
     re.ASCII,
 )
 

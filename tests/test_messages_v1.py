@@ -467,3 +467,21 @@ def test_simulate_makes_realistic_messages_failover_beside_dispatch(tmp_path, ru
     assert late[0]["n"] > 0
     result = runner.invoke(["check", "--db", str(path)])
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("timestamp, stored", [
+    ("2025-02-03T12:14:25Z", "2025-02-03T12:14:25.000000Z"),  # the spec's example, no milliseconds
+    ("2020-01-01T14:00:00.000Z", "2020-01-01T14:00:00.000000Z"),
+    ("2020-01-01T14:00:03.010+01:00", "2020-01-01T13:00:03.010000Z"),
+    ("2020-01-01 14:00:00 +0000", "2020-01-01T14:00:00.000000Z"),  # the Java SDK's 2022 format
+])
+def test_v1_timestamps_with_or_without_milliseconds_z_or_an_offset(post, rows, db_path, timestamp, stored):
+    body = v1_status(timestamp=timestamp)
+    assert post(body).status_code == 200
+    assert event(rows, db_path, body["message_uuid"])[0]["timestamp"] == stored
+
+
+def test_a_space_before_z_is_still_no_timestamp(post):
+    response = post(v1_status(timestamp="2020-01-01T14:00:00 Z"))
+    assert response.status_code == 422
+    assert "timestamp" in response.get_json()["errors"]["json"]
