@@ -62,10 +62,11 @@ SELECT
 FROM messages
 WHERE {CHARGED_AT} IS NOT NULL
 """,
-    # Per charge day (UTC), channel and currency.
+    # Per charge day (UTC), API, channel and currency.
     "billing_by_day": f"""
 SELECT
     date(charged_at) AS day,
+    api,
     channel,
     currency,
     count(*) AS messages,
@@ -73,7 +74,7 @@ SELECT
     {money.sql_format('sum(price_nano)')} AS total,
     sum(price_nano) AS total_nano
 FROM billing_lines
-GROUP BY day, channel, currency
+GROUP BY day, api, channel, currency
 """,
     # Per workflow of either API (a Dispatch dispatch, a Messages failover request; a message
     # outside any workflow on its own line) and currency, compared with the final report's
@@ -180,25 +181,30 @@ SELECT dispatch_uuid, reason, first_seen_at, final_status, final_timestamp, fina
 FROM billing_reconciliation
 WHERE reason IS NOT NULL AND api = 'dispatch'
 """,
-    # Each message's step in its dispatch (1 = first channel tried) and whether it reached
-    # its recipient (delivered or read).
+    # Each message's step in its failover workflow of either API (1 = first channel tried)
+    # and whether it reached its recipient (delivered or read).
     "dispatch_steps": f"""
 SELECT
     dispatch_uuid,
-    row_number() OVER (PARTITION BY dispatch_uuid ORDER BY workflow_position IS NULL,
-                       workflow_position, first_seen_at, message_uuid) AS step,
+    api,
+    coalesce(dispatch_uuid, workflow_id) AS workflow_id,
+    row_number() OVER (PARTITION BY coalesce(dispatch_uuid, workflow_id)
+                       ORDER BY workflow_position IS NULL, workflow_position, first_seen_at,
+                       message_uuid) AS step,
     message_uuid,
     channel,
     status,
     CASE WHEN {reached()} THEN 1 ELSE 0 END AS delivered,
     CASE WHEN {reached()} THEN coalesce(delivered_at, read_at) END AS delivered_at
 FROM messages
-WHERE dispatch_uuid IS NOT NULL
+WHERE coalesce(dispatch_uuid, workflow_id) IS NOT NULL
 """,
     "messages_stuck_at_submitted": f"""
 SELECT
     m.message_uuid,
+    m.api,
     m.dispatch_uuid,
+    m.workflow_id,
     m.channel,
     m.workflow_position AS step,
     coalesce(m.submitted_at, m.first_seen_at, m.final_report_at) AS submitted_at,
