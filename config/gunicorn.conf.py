@@ -54,25 +54,26 @@ control_socket_disable = True
 preload_app = False
 
 
-_writer_server = None
-
-
 def on_starting(server):
-    """In the master, before any worker: create or migrate the schema, start the one writer."""
-    global _writer_server
+    """In the master, before any worker: create or migrate the schema, start the writer."""
     from receiver import db
     from receiver.config import describe, load_settings
     from receiver.signatures import Verifier
-    from receiver.writer import SOCKET_VARIABLE, WriterServer
+    from receiver.writer import SOCKET_VARIABLE, endpoint_paths, start_supervisor
 
     settings = load_settings()
+    # init_db closes its connection: the master holds no SQLite connection when it forks.
     db.init_db(settings.db_path, synchronous=settings.synchronous,
                busy_timeout_ms=settings.busy_timeout_ms)
-    _writer_server = WriterServer(settings).start()
-    os.environ[SOCKET_VARIABLE] = _writer_server.path  # inherited by every worker
     log = logging.getLogger("gunicorn.error")
+    if os.environ.get("RECEIVER_WRITER_IN_MASTER"):
+        _writer_in_master(settings)
+    else:
+        # The writer is a process of its own, replaced by a thread here when it dies or hangs.
+        start_supervisor(settings, log)
+    os.environ[SOCKET_VARIABLE] = endpoint_paths(settings.db_path)[0]  # for every worker
     log.info("dispatch-receiver: database %s ready; writer at %s",
-             os.path.abspath(settings.db_path), _writer_server.path)
+             os.path.abspath(settings.db_path), os.environ[SOCKET_VARIABLE])
     for line in describe(settings):
         log.info("setting %s", line)
     verifier = Verifier(settings)
@@ -82,6 +83,18 @@ def on_starting(server):
                     "failure", settings.synchronous)
 
 
+def _writer_in_master(settings):
+    """Candidate A, for the benchmark only: the writer as a thread of the master (as before)."""
+    import threading
+
+    from receiver.writer import WriterServer, endpoint_paths, take_lock
+
+    path, lock = endpoint_paths(settings.db_path)
+    take_lock(lock, threading.Event())
+    writer = WriterServer(settings, path)
+    threading.Thread(target=writer.serve, name="writer", daemon=True).start()
+
+
 # Workers run at a lower CPU priority than the master, whose writer thread is the one serial
 # stage every request waits for: when the cores are busy the writer still runs at once.
 # Measured on 2 cores at 16 connections: nice 0 1,028-1,187 req/s, nice 5 1,236-1,278.
@@ -89,14 +102,23 @@ worker_nice = _settings.worker_nice
 
 
 def post_fork(server, worker):
-    """In each worker: the listening socket belongs to the master; yield the CPU to it."""
-    if _writer_server is not None:
-        _writer_server.close_in_child()
+    """In each worker: close the master's end of the writer's stdin (else the writer would not
+    see the master die); yield the CPU to the writer."""
+    from receiver.writer import supervisor
+
+    if supervisor() is not None:
+        for fd in supervisor().inherited_fds():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
     if worker_nice:
         os.nice(worker_nice)
 
 
 def on_exit(server):
-    """In the master, at shutdown: remove the writer's socket."""
-    if _writer_server is not None:
-        _writer_server.close()
+    """In the master, once its workers are gone: let the writer finish and exit."""
+    from receiver.writer import supervisor
+
+    if supervisor() is not None:
+        supervisor().stop()

@@ -2,30 +2,48 @@
 
 Requests hand their write to the writer and wait. The writer takes everything queued, runs it
 in one ``BEGIN IMMEDIATE`` transaction, commits (synced to disk with ``synchronous=FULL``) and
-only then wakes the requests, so no request is answered before its data is durable, while one
+only then answers the requests, so no request is answered before its data is durable, while one
 fsync serves a whole batch.
 
-Under gunicorn there is one writer for all worker processes: ``WriterServer`` runs in the
-master (started by config/gunicorn.conf.py) and the workers reach it through a private Unix
-socket with ``RemoteWriter``. One writing connection means no lock contention between
-processes and a page cache that stays warm. Without that socket (the Flask test client, a
-single process) the app uses an in-process ``GroupCommitWriter`` thread.
+Under gunicorn the writer is a process of its own (``python -m receiver.writer``), started and
+watched by a thread of the master (``Supervisor``), the way the master itself watches workers:
+the master holds no SQLite connection when it forks workers, and a writer that dies or hangs is
+replaced within a second or two while the workers answer a fast 503. Workers reach it through a
+Unix socket in a private directory, named after the database (``endpoint_paths``), so that the
+workers of a second master (``kill -USR2``) reach the same writer; the socket file's mtime is
+the writer's heartbeat. Two writers never run on one file: the serving one holds an exclusive
+flock on ``<database>.writer-lock``, and another one waits for it. Frames are JSON with typed
+fields (``encode_request``): nothing that reaches the socket can run code.
+
+Without gunicorn (the Flask test client, the CLI) the app writes through an in-process
+``GroupCommitWriter`` thread, its requests and results round-tripped through the same frames.
 """
 
+import base64
+import binascii
 import dataclasses
+import fcntl
+import hashlib
+import inspect
+import json
 import logging
 import os
-import pickle
 import queue
 import selectors
+import signal
 import socket
 import sqlite3
+import stat
 import struct
+import subprocess
+import sys
 import tempfile
 import threading
+import time
+import typing
 
 from . import db, store
-from .callbacks import Callback
+from .callbacks import Callback, Rejection
 from .signatures import Signature
 
 log = logging.getLogger("receiver.writer")
@@ -88,8 +106,13 @@ class GroupCommitWriter:
         self.writes = 0
 
     def run(self, operation, *args, **kwargs):
-        """Run the store operation named ``operation`` (see OPERATIONS) and return its result."""
-        return self.submit(work(operation, args, kwargs))
+        """Run the store operation named ``operation`` (see OPERATIONS) and return its result.
+
+        The request and the result travel through the socket writer's frame encoding, so
+        whatever the app sends is checked to cross a process boundary as plain data.
+        """
+        result = self.submit(decode_request(encode_request(operation, args, kwargs)))
+        return decode_value(json.loads(json.dumps(encode_value(result))))
 
     def submit(self, work):
         """Run ``work(conn)`` inside a committed transaction and return its result.
@@ -227,11 +250,23 @@ OPERATIONS = {
     "store_rejection": store.store_rejection,
     "record_health": store.record_health,
 }
+_SIGNATURES = {name: inspect.signature(function) for name, function in OPERATIONS.items()}
+
+
+class BadFrame(ValueError):
+    """Bytes that are not a valid request to the writer: refused, nothing run."""
 
 
 def work(operation, args, kwargs):
-    """The write ``operation`` names, as a function of a connection (KeyError if unknown)."""
-    function = OPERATIONS[operation]
+    """The write ``operation`` names, as a function of a connection (BadFrame if it is not
+    one the writer knows, or the arguments do not fit it)."""
+    function = OPERATIONS.get(operation) if isinstance(operation, str) else None
+    if function is None:
+        raise BadFrame(f"unknown operation {operation!r}")
+    try:
+        _SIGNATURES[operation].bind(None, *args, **kwargs)
+    except TypeError as error:
+        raise BadFrame(f"{operation}: {error}") from None
 
     def run(conn):
         return function(conn, *args, **kwargs)
@@ -241,120 +276,289 @@ def work(operation, args, kwargs):
     return run
 
 
-# Frames between workers and the writer are pickles of plain tuples: each value travels as
-# (tag, field values) for the dataclasses a write takes, (None, value) for anything else, and
-# is rebuilt on the other side. That costs a third of pickling the objects themselves
-# (measured: 10 us against 27 us per status callback).
-_FLAT = {cls: (tag, tuple(f.name for f in dataclasses.fields(cls)))
-         for tag, cls in (("D", store.Delivery), ("S", Signature), ("C", Callback),
-                          ("R", store.Stored))}
-_BY_TAG = {tag: cls for cls, (tag, _) in _FLAT.items()}
+# --- frames: plain JSON with typed fields ---------------------------------------------------
+#
+# A value crosses as [tag, payload]: [null, json value] for plain data, ["bytes", base64] for
+# bytes, [type name, {field: value}] for one of the types below. A type's fields are checked
+# against its annotations (bytes fields travel as base64), so a frame can only ever produce
+# these types holding these kinds of values.
 
 
-def _flatten(value):
-    flat = _FLAT.get(type(value))
-    if flat is None:
-        return (None, value)
-    tag, names = flat
-    return (tag, tuple([getattr(value, name) for name in names]))
+class _FrameType:
+    """How one class crosses the socket: its name, fields with allowed types, constructor."""
+
+    def __init__(self, name, cls, fields, build=None):
+        self.name, self.cls, self.fields = name, cls, fields  # fields: [(name, types, bytes?)]
+        self.build = build or cls
+
+    @classmethod
+    def of_dataclass(cls, name, klass):
+        hints = typing.get_type_hints(klass)
+        fields = []
+        for field in dataclasses.fields(klass):
+            hint = hints[field.name]
+            types = typing.get_args(hint) or (hint,)
+            types = tuple(typing.get_origin(t) or t for t in types)
+            if float in types:
+                types += (int,)
+            fields.append((field.name, types, bytes in types))
+        return cls(name, klass, fields)
+
+    def encode(self, value):
+        out = {}
+        for name, _, is_bytes in self.fields:
+            item = getattr(value, name)
+            out[name] = base64.b64encode(item).decode("ascii") if is_bytes and item is not None \
+                else item
+        return out
+
+    def decode(self, payload):
+        if not isinstance(payload, dict) or set(payload) - {f[0] for f in self.fields}:
+            raise BadFrame(f"{self.name}: expected an object with fields "
+                           f"{[f[0] for f in self.fields]}")
+        values = {}
+        for name, types, is_bytes in self.fields:
+            if name not in payload:
+                continue  # a default, or the constructor says it is missing
+            item = payload[name]
+            if is_bytes and isinstance(item, str):
+                item = _b64decode(item, f"{self.name}.{name}")
+            if not isinstance(item, types):
+                raise BadFrame(f"{self.name}.{name}: {type(item).__name__} is not "
+                               f"{' or '.join(t.__name__ for t in types)}")
+            values[name] = item
+        try:
+            return self.build(**values)
+        except TypeError as error:
+            raise BadFrame(f"{self.name}: {error}") from None
 
 
-def _rebuild(flat):
-    tag, value = flat
-    return value if tag is None else _BY_TAG[tag](*value)
+def _b64decode(text, what):
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadFrame(f"{what}: not base64") from None
+
+
+_TYPES = [
+    _FrameType.of_dataclass("Delivery", store.Delivery),
+    _FrameType.of_dataclass("Signature", Signature),
+    _FrameType.of_dataclass("Callback", Callback),
+    _FrameType.of_dataclass("Stored", store.Stored),
+    _FrameType("Rejection", Rejection,
+               [("http_status", (int,), False), ("reason", (str,), False),
+                ("message", (str,), False), ("errors", (dict,), False)]),
+]
+_BY_CLASS = {t.cls: t for t in _TYPES}
+_BY_NAME = {t.name: t for t in _TYPES}
+_PLAIN = (str, int, float, bool, type(None), list, dict)
+
+
+def encode_value(value):
+    """One argument or result as its [tag, payload] (TypeError for what cannot cross)."""
+    frame_type = _BY_CLASS.get(type(value))
+    if frame_type is not None:
+        return [frame_type.name, frame_type.encode(value)]
+    if isinstance(value, bytes):
+        return ["bytes", base64.b64encode(value).decode("ascii")]
+    if isinstance(value, _PLAIN):
+        return [None, value]
+    raise TypeError(f"a {type(value).__name__} cannot be sent to the writer")
+
+
+def decode_value(tagged):
+    """[tag, payload] -> the value (BadFrame if it is not one encode_value makes)."""
+    if not isinstance(tagged, list) or len(tagged) != 2:
+        raise BadFrame("a value must be [tag, payload]")
+    tag, payload = tagged
+    if tag is None:
+        return payload
+    if tag == "bytes" and isinstance(payload, str):
+        return _b64decode(payload, "bytes")
+    frame_type = _BY_NAME.get(tag) if isinstance(tag, str) else None
+    if frame_type is None:
+        raise BadFrame(f"unknown value type {tag!r}")
+    return frame_type.decode(payload)
 
 
 def encode_request(operation, args, kwargs):
-    """A worker's request to the writer as frame bytes."""
-    return pickle.dumps((operation, tuple([_flatten(a) for a in args]), kwargs),
-                        protocol=pickle.HIGHEST_PROTOCOL)
+    """A request to the writer as frame bytes: {"op", "args", "kwargs"} in JSON."""
+    return json.dumps({
+        "op": operation,
+        "args": [encode_value(a) for a in args],
+        "kwargs": {k: encode_value(v) for k, v in kwargs.items()},
+    }, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def decode_request(frame):
-    """Frame bytes -> the write they ask for (raises on anything malformed)."""
-    operation, args, kwargs = pickle.loads(frame)
-    return work(operation, tuple([_rebuild(a) for a in args]), kwargs)
+    """Frame bytes -> the write they ask for; BadFrame for anything that is not a request."""
+    try:
+        request = json.loads(frame)
+    except (UnicodeDecodeError, ValueError):
+        raise BadFrame("not JSON") from None
+    if (not isinstance(request, dict) or set(request) != {"op", "args", "kwargs"}
+            or not isinstance(request["args"], list) or not isinstance(request["kwargs"], dict)):
+        raise BadFrame('expected {"op": ..., "args": [...], "kwargs": {...}}')
+    args = [decode_value(a) for a in request["args"]]
+    kwargs = {k: decode_value(v) for k, v in request["kwargs"].items()}
+    return work(request["op"], args, kwargs)
+
+
+def encode_reply(status, value):
+    return json.dumps([status, value], separators=(",", ":")).encode("utf-8")
 
 
 _LENGTH = struct.Struct("!I")
+# A request holds at most one body (RECEIVER_MAX_BODY_BYTES, base64: 4/3) and a few fields.
+_FRAME_OVERHEAD = 1 << 20
+
+
+def max_frame(settings):
+    """The largest request frame the writer reads; a longer length prefix is refused."""
+    return settings.max_body_bytes * 2 + _FRAME_OVERHEAD
 
 
 def _send_frame(sock, payload):
     sock.sendall(_LENGTH.pack(len(payload)) + payload)
 
 
-def _recv_exactly(sock, size):
-    chunks, remaining = [], size
-    while remaining:
-        chunk = sock.recv(remaining)
-        if not chunk:
-            raise ConnectionError("writer connection closed")
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(chunks)
+# --- where the writer is, and whether it is alive -------------------------------------------
+
+# The writer beats (sets its socket file's mtime to time.monotonic_ns()) this often; workers
+# answer 503 at once when the beat is older than STALE_S (a request in flight too); the
+# supervisor replaces a writer whose beat is older than HUNG_S (stopped, or stuck).
+HEARTBEAT_S = 0.1
+STALE_S = 0.5
+HUNG_S = 2.0
+LOCK_SUFFIX = ".writer-lock"
 
 
-def _recv_frame(sock):
-    head = sock.recv(4096)  # a reply is a few dozen bytes: one recv holds it whole
-    if len(head) < _LENGTH.size:
-        if not head:
-            raise ConnectionError("writer connection closed")
-        head += _recv_exactly(sock, _LENGTH.size - len(head))
-    (size,) = _LENGTH.unpack_from(head)
-    body = head[_LENGTH.size:]
-    if len(body) < size:
-        body += _recv_exactly(sock, size - len(body))
-    return body
+def endpoint_paths(db_path, environ=os.environ):
+    """(socket path, lock path) of the writer of the database at ``db_path``.
+
+    The socket lives in a directory only this user can enter (under $XDG_RUNTIME_DIR or the
+    temporary directory; a Unix socket path is limited to 107 bytes), named by a hash of the
+    database's real path; the lock file lies beside the database.
+    """
+    real = os.path.realpath(db_path)
+    base = environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    directory = os.path.join(base, f"receiver-writer-{os.getuid()}")
+    digest = hashlib.sha256(real.encode()).hexdigest()[:24]
+    return os.path.join(directory, f"{digest}.sock"), real + LOCK_SUFFIX
+
+
+def _private_directory(path):
+    """Create ``path`` (mode 0700) or check that it is ours and closed to others."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise RuntimeError(f"{path} must be a directory of user {os.getuid()} with mode 0700")
+
+
+def heartbeat_age(path):
+    """(seconds since the writer at ``path`` last beat, the socket file's inode).
+
+    Raises FileNotFoundError when there is no socket. A beat is a CLOCK_MONOTONIC time (shared
+    by every process of the machine) stored as the mtime: a wall-clock step does not matter.
+    """
+    info = os.stat(path)
+    return abs(time.monotonic_ns() - info.st_mtime_ns) / 1e9, info.st_ino
+
+
+def _beat(path):
+    now = time.monotonic_ns()
+    os.utime(path, ns=(now, now))
+
+
+def lock_holder(lock_path):
+    """The pid written in the lock file by the writer that holds it (None if unreadable)."""
+    try:
+        with open(lock_path, "rb") as file:
+            return int(file.read(32).strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+# --- the writer's side of the socket --------------------------------------------------------
 
 
 class WriterServer:
-    """The single writer for every worker process: a GroupCommitWriter behind a Unix socket.
+    """A GroupCommitWriter serving every worker process over a Unix socket, from one thread.
 
-    The socket lives in a fresh private directory (mode 0700), so only this user can reach it
-    (the frames are pickles: never expose the socket to anyone else).
+    Run it with ``serve()`` in the thread (or process) that should own the connection; the
+    caller must hold the writer lock. ``stop()`` from any thread ends ``serve()`` after
+    answering what has arrived.
     """
 
-    def __init__(self, settings):
+    def __init__(self, settings, path):
         self.writer = GroupCommitWriter(settings)
-        self.directory = tempfile.mkdtemp(prefix="receiver-writer-")
-        self.path = os.path.join(self.directory, "writer.sock")
+        self.path = path
+        self.max_frame = max_frame(settings)
+        _private_directory(os.path.dirname(path))
+        try:
+            os.unlink(path)  # a dead writer's socket: we hold the lock, it is ours now
+        except FileNotFoundError:
+            pass
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.listener.bind(self.path)
-        self.listener.listen(256)
-        self._closed = False
+        self.listener.bind(path)
+        self.inode = os.stat(path).st_ino
+        _beat(path)
+        self.listener.listen(512)
+        self._stopped = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()
 
-    def start(self):
-        """Serve the workers from one background thread; returns self."""
-        self._thread = threading.Thread(target=self._loop, name="writer", daemon=True)
-        self._thread.start()
-        return self
+    def stop(self):
+        """Ask ``serve()`` to finish (safe from any thread or a signal handler)."""
+        self._stopped.set()
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
 
-    def _loop(self):
-        """One thread: read every complete request that has arrived, commit them all as one
-        batch, answer each, repeat. No thread hand-offs, so no GIL contention."""
+    def heartbeat(self):
+        """Beat every HEARTBEAT_S until stopped (run in a thread of its own)."""
+        while not self._stopped.wait(HEARTBEAT_S):
+            try:
+                _beat(self.path)
+            except OSError as error:
+                log.error("writer heartbeat failed: %s", error)
+
+    def serve(self):
+        """Read every complete request that has arrived, commit them all as one batch,
+        answer each, repeat. One thread: no hand-offs, no GIL contention."""
+        beat = threading.Thread(target=self.heartbeat, name="writer-heartbeat", daemon=True)
+        beat.start()
         selector = selectors.DefaultSelector()
         selector.register(self.listener, selectors.EVENT_READ)
+        selector.register(self._wake_r, selectors.EVENT_READ)
         buffers = {}
         try:
-            while not self._closed:
+            while not self._stopped.is_set():
                 try:
-                    self._serve_once(selector, buffers)
+                    self._serve_once(selector, buffers, timeout=1.0)
                 except Exception:  # noqa: BLE001 - the writer must outlive any one bug
                     log.exception("writer loop error; serving on")
+            # Stopping: no new connections; answer the requests already here, then close.
+            selector.unregister(self.listener)
+            self.listener.close()
+            self._serve_once(selector, buffers, timeout=0)
         finally:
             for conn in buffers:
                 conn.close()
             selector.close()
             self.writer.close()
+            self._stopped.set()
+            try:
+                if os.stat(self.path).st_ino == self.inode:
+                    os.unlink(self.path)
+            except OSError:
+                pass
+            os.close(self._wake_r)
+            os.close(self._wake_w)
 
-    def _serve_once(self, selector, buffers):
-        try:
-            events = selector.select(timeout=0.5)  # wakes now and then to notice close()
-        except OSError:
-            self._closed = True
-            return
+    def _serve_once(self, selector, buffers, timeout):
         batch = []
-        for key, _ in events:
+        for key, _ in selector.select(timeout=timeout):
             if key.fileobj is self.listener:
                 try:
                     conn, _ = self.listener.accept()
@@ -363,85 +567,117 @@ class WriterServer:
                 selector.register(conn, selectors.EVENT_READ)
                 buffers[conn] = bytearray()
                 continue
+            if key.fileobj == self._wake_r:
+                os.read(self._wake_r, 64)
+                continue
             conn = key.fileobj
             try:
                 data = conn.recv(1 << 20)
             except OSError:
                 data = b""
-            if not data:
+            if data:
+                buffer = buffers[conn]
+                buffer += data
+                data = self._take_frames(conn, buffer, batch)
+            if not data:  # closed by the worker, or a frame we refuse to read
                 selector.unregister(conn)
-                buffers.pop(conn, None)
+                del buffers[conn]
                 conn.close()
-                continue
-            buffer = buffers[conn]
-            buffer += data
-            while len(buffer) >= _LENGTH.size:
-                (size,) = _LENGTH.unpack_from(buffer)
-                if len(buffer) < _LENGTH.size + size:
-                    break
-                frame = bytes(buffer[_LENGTH.size:_LENGTH.size + size])
-                del buffer[:_LENGTH.size + size]
-                batch.append((conn, self._pending(frame)))
         if batch:
             self._commit_and_answer(batch)
 
+    def _take_frames(self, conn, buffer, batch):
+        """Move the complete frames in ``buffer`` into ``batch``; False to drop the connection."""
+        while len(buffer) >= _LENGTH.size:
+            (size,) = _LENGTH.unpack_from(buffer)
+            if size > self.max_frame:
+                log.error("refused a frame of %d bytes (the limit is %d); connection closed",
+                          size, self.max_frame)
+                self._answer(conn, "bad_request", f"frame of {size} bytes is over the limit")
+                return False
+            if len(buffer) < _LENGTH.size + size:
+                break
+            frame = bytes(buffer[_LENGTH.size:_LENGTH.size + size])
+            del buffer[:_LENGTH.size + size]
+            batch.append((conn, self._pending(frame)))
+        return True
+
     def _pending(self, frame):
-        """A worker's request frame -> a pending write (or one already failed)."""
+        """A worker's request frame -> a pending write (or one already refused)."""
         try:
             pending = _Pending(decode_request(frame))
-        except Exception as error:  # noqa: BLE001 - a bad frame fails alone
+        except BadFrame as error:
+            log.error("refused a request to the writer: %s", error)
             pending = _Pending(None)
-            pending.error = StorageError(f"bad request to the writer: {error!r}")
+            pending.error = error
         return pending
 
     def _commit_and_answer(self, batch):
         runnable = [pending for _, pending in batch if pending.work is not None]
-        for start in range(0, len(runnable), self.writer.settings.max_batch):
-            self.writer.commit_batch(runnable[start:start + self.writer.settings.max_batch])
+        size = self.writer.settings.max_batch
+        for start in range(0, len(runnable), size):
+            self.writer.commit_batch(runnable[start:start + size])
         for conn, pending in batch:
             if pending.error is None:
-                reply = ("ok", _flatten(pending.result))
+                try:
+                    self._answer(conn, "ok", encode_value(pending.result))
+                    continue
+                except TypeError as error:  # a result that cannot cross (a bug)
+                    pending.error = StorageError(f"internal error: {error}")
+            if isinstance(pending.error, BadFrame):
+                self._answer(conn, "bad_request", str(pending.error))
             elif isinstance(pending.error, WriteFailed):
-                reply = ("write_failed", str(pending.error))
+                self._answer(conn, "write_failed", str(pending.error))
             else:
-                reply = ("storage_error", str(pending.error))
-            try:
-                _send_frame(conn, pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
-            except OSError:
-                pass  # the worker is gone; the selector drops its connection
+                self._answer(conn, "storage_error", str(pending.error))
 
-    def close_in_child(self):
-        """In a forked worker: drop the inherited listening socket (the master keeps it)."""
-        self.listener.close()
+    @staticmethod
+    def _answer(conn, status, value):
+        try:
+            _send_frame(conn, encode_reply(status, value))
+        except OSError:
+            pass  # the worker is gone; the selector drops its connection
 
-    def close(self):
-        """In the master, at exit: stop serving and remove the socket."""
-        self._closed = True
-        if getattr(self, "_thread", None) is not None:
-            self._thread.join(2)
-        self.listener.close()
-        for path in (self.path, self.directory):
-            try:
-                (os.unlink if path == self.path else os.rmdir)(path)
-            except OSError:
-                pass
+
+# --- the workers' side ----------------------------------------------------------------------
 
 
 class RemoteWriter:
-    """A worker's handle on the master's WriterServer (one connection per thread)."""
+    """A worker's handle on the writer process (one connection per thread).
+
+    Fails fast: no socket, a refused connection or a closed one is a StorageError at once, and
+    so is a writer whose heartbeat is older than STALE_S, before sending and while waiting.
+    """
+
+    # While waiting for a reply, look at the heartbeat this often.
+    POLL_S = 0.1
 
     def __init__(self, settings, path):
         self.settings = settings
         self.path = path
         self._local = threading.local()
 
-    def _connection(self):
+    def alive(self):
+        """The socket's inode when the writer beats; else StorageError saying why."""
+        try:
+            age, inode = heartbeat_age(self.path)
+        except FileNotFoundError:
+            raise StorageError("writer not running (no socket)") from None
+        except OSError as error:
+            raise StorageError(f"writer unreachable: {error!r}") from None
+        if age > STALE_S:
+            raise StorageError(f"writer not responding (no heartbeat for {age:.1f} s)")
+        return inode
+
+    def _connection(self, inode):
         conn = getattr(self._local, "conn", None)
-        if conn is None or self._local.pid != os.getpid():
+        if conn is not None and (self._local.pid != os.getpid() or self._local.inode != inode):
+            self._drop()  # a fork, or a new writer behind the same path
+            conn = None
+        if conn is None:
             conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             # Kernel-side timeouts on a blocking socket: no poll() before every send and recv.
-            seconds = self.settings.commit_timeout_s
-            timeval = struct.pack("ll", int(seconds), int(seconds % 1 * 1_000_000))
+            timeval = struct.pack("ll", 0, int(self.POLL_S * 1_000_000))
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
             try:
@@ -449,7 +685,7 @@ class RemoteWriter:
             except OSError:
                 conn.close()
                 raise
-            self._local.conn, self._local.pid = conn, os.getpid()
+            self._local.conn, self._local.pid, self._local.inode = conn, os.getpid(), inode
         return conn
 
     def close(self):
@@ -463,29 +699,60 @@ class RemoteWriter:
             conn.close()
 
     def run(self, operation, *args, **kwargs):
-        """Have the master's writer run ``operation``; raise StorageError if it cannot."""
+        """Have the writer run ``operation``; raise StorageError if it cannot, quickly when
+        the writer is gone or hung."""
         frame = encode_request(operation, args, kwargs)
+        deadline = time.monotonic() + self.settings.commit_timeout_s
         try:
-            conn = self._connection()
-            _send_frame(conn, frame)
-            status, value = pickle.loads(_recv_frame(conn))
-        except (BlockingIOError, TimeoutError):  # SO_RCVTIMEO / SO_SNDTIMEO ran out
-            self._drop()
-            raise StorageError(
-                f"commit not confirmed within {self.settings.commit_timeout_s} s") from None
-        except (OSError, ConnectionError) as error:
-            # A reply may still come for this request: never reuse the connection.
+            conn = self._connection(self.alive())
+            self._send(conn, _LENGTH.pack(len(frame)) + frame, deadline)
+            status, value = json.loads(self._receive(conn, deadline))
+        except StorageError:
+            self._drop()  # a reply may still come for this request: never reuse the connection
+            raise
+        except (OSError, ValueError) as error:
             self._drop()
             raise StorageError(f"writer unreachable: {error!r}") from None
         if status == "ok":
-            return _rebuild(value)
+            return decode_value(value)
         if status == "write_failed":
             raise WriteFailed(value)
         raise StorageError(value)
 
+    def _waited(self, deadline):
+        """After a timed-out send or recv: raise if the writer died, hung or took too long."""
+        self.alive()
+        if time.monotonic() > deadline:
+            raise StorageError(
+                f"commit not confirmed within {self.settings.commit_timeout_s} s")
+
+    def _send(self, conn, data, deadline):
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[conn.send(view):]
+            except (BlockingIOError, TimeoutError):
+                self._waited(deadline)
+
+    def _receive(self, conn, deadline):
+        buffer = b""
+        while True:
+            try:
+                chunk = conn.recv(65536)  # a reply is a few dozen bytes: one recv holds it
+            except (BlockingIOError, TimeoutError):
+                self._waited(deadline)
+                continue
+            if not chunk:
+                raise StorageError("writer closed the connection (it stopped or was replaced)")
+            buffer += chunk
+            if len(buffer) >= _LENGTH.size:
+                (size,) = _LENGTH.unpack_from(buffer)
+                if len(buffer) >= _LENGTH.size + size:
+                    return buffer[_LENGTH.size:_LENGTH.size + size]
+
 
 def writer_for(settings, environ=os.environ):
-    """The writer this process should use: the master's, when gunicorn started one."""
+    """The writer this process should use: the writer process, when gunicorn started one."""
     path = environ.get(SOCKET_VARIABLE)
     if path:
         return RemoteWriter(settings, path)
@@ -494,3 +761,194 @@ def writer_for(settings, environ=os.environ):
 
 # Set by the gunicorn master for its workers; not a user setting.
 SOCKET_VARIABLE = "RECEIVER_WRITER_SOCKET"
+
+
+# --- the writer process and its supervisor --------------------------------------------------
+
+
+def take_lock(lock_path, stopping):
+    """Hold the exclusive flock of ``lock_path`` (waiting while another writer holds it);
+    returns the open file descriptor, or None if ``stopping`` was set while waiting."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    waiting = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if not waiting:
+                log.info("writer: another writer (pid %s) serves %s; waiting for it to exit",
+                         lock_holder(lock_path), lock_path[:-len(LOCK_SUFFIX)])
+                waiting = True
+            if stopping.wait(0.05):
+                os.close(fd)
+                return None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def main():
+    """The writer process: take the lock, serve until the master lets go of stdin."""
+    from .config import load_settings
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s",
+                        datefmt="%Y-%m-%d %H:%M:%S %z")
+    # Signals meant for the whole process group (Ctrl-C, a TERM to the group, gunicorn's HUP
+    # and USR2) are not for the writer: the workers still finishing their requests need it.
+    # It stops when its master closes its stdin (or dies: the kernel closes it then).
+    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP,
+                   signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH):
+        signal.signal(number, signal.SIG_IGN)
+    settings = load_settings()
+    socket_path, lock_path = endpoint_paths(settings.db_path)
+    stopping = threading.Event()
+    server = None
+
+    def watch_master():
+        while os.read(0, 4096):
+            pass
+        stopping.set()
+        if server is not None:
+            server.stop()
+
+    threading.Thread(target=watch_master, name="writer-stdin", daemon=True).start()
+    lock = take_lock(lock_path, stopping)
+    if lock is None:
+        return 0
+    server = WriterServer(settings, socket_path)
+    if stopping.is_set():
+        server.stop()
+    log.info("writer: serving %s at %s", os.path.abspath(settings.db_path), socket_path)
+    server.serve()
+    log.info("writer: stopped (%d writes in %d batches)", server.writer.writes,
+             server.writer.batches)
+    return 0
+
+
+class Supervisor:
+    """In the gunicorn master: start the writer process, replace it when it exits or hangs.
+
+    One thread that waits on the child and reads the heartbeat; it holds no SQLite
+    connection. The writer's stdin is a pipe from the master: closing it (``stop()``), or the
+    master's death, tells the writer to finish.
+    """
+
+    def __init__(self, settings, log=log):
+        self.settings = settings
+        self.log = log
+        self.socket_path, self.lock_path = endpoint_paths(settings.db_path)
+        self.proc = None
+        self.restarts = 0
+        self._stopping = threading.Event()
+        self._thread = None
+
+    def start(self, ready_timeout=10.0):
+        """Start the writer, wait (up to ``ready_timeout``) until a writer beats; returns self."""
+        _private_directory(os.path.dirname(self.socket_path))
+        self._spawn()
+        self._thread = threading.Thread(target=self._watch, name="writer-supervisor",
+                                        daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline:
+            try:
+                if heartbeat_age(self.socket_path)[0] <= STALE_S:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.02)
+        self.log.warning("writer not ready after %.0f s: answering 503 until it is",
+                         ready_timeout)
+        return self
+
+    def _spawn(self):
+        # fork + exec: the child starts from nothing of the master's (no threads, no SQLite).
+        self.proc = subprocess.Popen([sys.executable, "-m", "receiver.writer"],
+                                     stdin=subprocess.PIPE, close_fds=True)
+        self.started = time.monotonic()
+        self.log.info("writer process %d started", self.proc.pid)
+
+    def inherited_fds(self):
+        """File descriptors a forked worker must close (the writer's stdin pipe)."""
+        if self.proc is not None and self.proc.stdin is not None:
+            return [self.proc.stdin.fileno()]
+        return []
+
+    def _hung(self):
+        """True when our writer serves (holds the lock) and has not beaten for HUNG_S."""
+        if lock_holder(self.lock_path) != self.proc.pid:
+            return False  # not serving yet (waiting for the lock, starting)
+        try:
+            age, _ = heartbeat_age(self.socket_path)
+        except OSError:
+            return False
+        return age > HUNG_S
+
+    def _watch(self):
+        backoff = 0.0
+        while not self._stopping.is_set():
+            try:
+                code = self.proc.wait(timeout=0.1)
+            except subprocess.TimeoutExpired:
+                if self._hung():
+                    self.log.error("writer process %d has not beaten for %.0f s: replacing it",
+                                   self.proc.pid, HUNG_S)
+                    self.proc.kill()
+                continue
+            if self._stopping.is_set():
+                break
+            # gunicorn's arbiter reaps every child (waitpid(-1)) and may take the exit status
+            # first: Popen then says 0, so the code is only a hint.
+            self.log.error("writer process %d is gone (exit status %s): starting a new one",
+                           self.proc.pid, code)
+            self.proc.stdin.close()
+            # A writer that keeps dying at once (a bad path, a full disk) is retried less often.
+            ran = time.monotonic() - self.started
+            backoff = 0.0 if ran > 10 else min(max(backoff * 2, 0.1), 2.0)
+            if self._stopping.wait(backoff):
+                break
+            self.restarts += 1
+            self._spawn()
+
+    def stop(self, timeout=10.0):
+        """Let the writer finish (it answers what it has, closes, exits); kill it after
+        ``timeout`` s."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(2)
+        if self.proc is None:
+            return
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.log.error("writer process %d did not stop in %.0f s: killed", self.proc.pid,
+                           timeout)
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+_supervisor = None
+
+
+def supervisor():
+    """The master's Supervisor (kept here, not in the config file: gunicorn re-reads that on
+    HUP, and this must outlive it), or None."""
+    return _supervisor
+
+
+def start_supervisor(settings, log=log):
+    """In the gunicorn master: start the writer process once; returns the Supervisor."""
+    global _supervisor
+    if _supervisor is None:
+        _supervisor = Supervisor(settings, log).start()
+    return _supervisor
+
+
+if __name__ == "__main__":
+    sys.exit(main())

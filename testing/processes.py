@@ -71,6 +71,11 @@ def group_members(pgid):
     return _live_pids(2, pgid)
 
 
+def is_writer(pid):
+    """True for a receiver writer process (``python -m receiver.writer``)."""
+    return "-m receiver.writer" in cmdline(pid)
+
+
 def cmdline(pid):
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:120]
@@ -237,7 +242,12 @@ class Gunicorn:
             time.sleep(0.1)
 
     def worker_pids(self):
-        return children(self.master) if self.popen else []
+        """The master's children but its writer processes: the HTTP workers."""
+        return [pid for pid in children(self.master) if not is_writer(pid)] if self.popen else []
+
+    def writer_pids(self):
+        """The master's writer processes (the serving one and its standby)."""
+        return [pid for pid in children(self.master) if is_writer(pid)] if self.popen else []
 
     def wait_workers(self, replaced, timeout=10.0):
         """Until the master has its full complement of workers again, none of ``replaced``."""

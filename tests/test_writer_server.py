@@ -1,5 +1,8 @@
-"""The single writer gunicorn's master runs for all workers, reached over its Unix socket."""
+"""The writer's socket: workers store through it; it refuses what is not a request; a worker
+fails fast when the writer is gone or hung."""
 
+import json
+import os
 import socket
 import sqlite3
 import struct
@@ -12,15 +15,26 @@ from payloads import dumps, status
 from receiver import store
 from receiver.callbacks import parse
 from receiver.config import load_settings
-from receiver.writer import RemoteWriter, StorageError, WriterServer
-from testing.processes import Gunicorn, stat_fields
+from receiver.writer import (
+    STALE_S,
+    RemoteWriter,
+    StorageError,
+    WriterServer,
+    encode_request,
+    max_frame,
+)
 
 
 @pytest.fixture
-def server(db_path):
-    server = WriterServer(load_settings(db_path=str(db_path), synchronous="NORMAL")).start()
+def server(db_path, tmp_path):
+    server = WriterServer(load_settings(db_path=str(db_path), synchronous="NORMAL"),
+                          str(tmp_path / "sock" / "writer.sock"))
+    thread = threading.Thread(target=server.serve, daemon=True)
+    thread.start()
     yield server
-    server.close()
+    server.stop()
+    thread.join(5)
+    assert not thread.is_alive()
 
 
 def client(server, **overrides):
@@ -72,59 +86,149 @@ def test_a_storage_failure_reaches_the_worker_as_storage_error(server, db_path):
     remote.close()
 
 
-def test_a_bad_frame_or_a_vanished_worker_does_not_stop_the_writer(server):
-    raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    raw.connect(server.path)
-    garbage = b"not a pickle"
-    raw.sendall(struct.pack("!I", len(garbage)) + garbage)
-    size = struct.unpack("!I", raw.recv(4))[0]
-    assert b"storage_error" in raw.recv(size)
+# --- frames that are not requests ------------------------------------------------------------
+
+
+def _frame(payload):
+    return struct.pack("!I", len(payload)) + payload
+
+
+def _valid_request():
+    body = dumps(status("m-ok", "d-ok"))
+    return json.loads(encode_request("store_callback", (parse(body), delivery(body)), {}))
+
+
+def _with(path, value):
+    request = _valid_request()
+    target = request
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return _frame(json.dumps(request).encode())
+
+
+BAD_FRAMES = {
+    "garbage": _frame(b"\x80\x04\x95 not json at all"),
+    "a pickle": _frame(b"\x80\x04\x95\x1d\x00\x00\x00\x00\x00\x00\x00\x8c\x05posix\x94\x8c\x06"
+                       b"system\x94\x93\x94\x8c\x05true\x94\x85\x94R\x94."),
+    "JSON, not an object": _frame(b"[1, 2, 3]"),
+    "an object of the wrong shape": _frame(b'{"op": "store_callback", "args": 5, "kwargs": {}}'),
+    "an unknown operation": _frame(b'{"op": "rebuild_derived", "args": [], "kwargs": {}}'),
+    "a dunder operation": _frame(b'{"op": "__class__", "args": [], "kwargs": {}}'),
+    "too few arguments": _frame(b'{"op": "store_callback", "args": [], "kwargs": {}}'),
+    "an unknown value type": _with(["args", 0, 0], "os.system"),
+    "a field of the wrong type": _with(["args", 1, 1, "received_at"], 12),
+    "an unknown field": _with(["args", 1, 1, "__init__"], "x"),
+    "bytes that are not base64": _with(["args", 1, 1, "body"], "%%%"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_FRAMES)
+def test_a_frame_that_is_not_a_request_is_refused_and_runs_nothing(server, rows, db_path, name):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
+        raw.settimeout(5)
+        raw.connect(server.path)
+        raw.sendall(BAD_FRAMES[name])
+        size = struct.unpack("!I", raw.recv(4))[0]
+        status_, reason = json.loads(raw.recv(size))
+    assert status_ == "bad_request", reason
+    _still_serving(server, rows, db_path)
+
+
+def test_a_huge_length_prefix_is_refused_without_reading_it(server, rows, db_path):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
+        raw.settimeout(5)
+        raw.connect(server.path)
+        raw.sendall(struct.pack("!I", max_frame(server.writer.settings) + 1) + b"{")
+        size = struct.unpack("!I", raw.recv(4))[0]
+        assert json.loads(raw.recv(size))[0] == "bad_request"
+        assert raw.recv(10) == b""  # and the connection is closed: no way to resynchronise
+    _still_serving(server, rows, db_path)
+
+
+def test_a_truncated_frame_or_a_vanished_worker_does_not_stop_the_writer(server, rows, db_path):
     half = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     half.connect(server.path)
-    half.sendall(struct.pack("!I", 1000) + b"partial")  # a worker killed mid-request
+    half.sendall(_frame(json.dumps(_valid_request()).encode())[:60])  # killed mid-request
     half.close()
-    raw.close()
+    _still_serving(server, rows, db_path)
+
+
+def _still_serving(server, rows, db_path):
+    """Nothing was stored by what came before; the next real request is served."""
+    assert rows(db_path, "SELECT count(*) AS n FROM callbacks") == [{"n": 0}]
     remote = client(server)
-    assert remote.run("record_health", 1) is None
+    body = dumps(status("m-after", "d-after"))
+    assert remote.run("store_callback", parse(body), delivery(body)).callback_id == 1
     remote.close()
 
 
-def test_an_unreachable_writer_is_a_storage_error(tmp_path):
+# --- a writer that is gone or hung: the worker knows at once ---------------------------------
+
+
+def test_an_unreachable_writer_is_a_storage_error_at_once(tmp_path):
     remote = RemoteWriter(load_settings(db_path="unused"), str(tmp_path / "nothing.sock"))
-    with pytest.raises(StorageError, match="unreachable"):
+    started = time.monotonic()
+    with pytest.raises(StorageError, match="not running"):
         remote.run("record_health", 1)
+    assert time.monotonic() - started < 0.1
 
 
-def _nice(pid):
-    return int(stat_fields(pid)[16])
+class FakeWriter:
+    """A socket that accepts connections and never answers; it beats while ``beating``."""
+
+    def __init__(self, path):
+        self.path = path
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(path)
+        self.listener.listen(1)  # accepts (backlog), never reads or answers
+        self.beating = threading.Event()
+        self.beating.set()
+        self.closed = threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+        self.thread.start()
+
+    def _beat(self):
+        while not self.closed.wait(0.05):
+            if self.beating.is_set():
+                now = time.monotonic_ns()
+                os.utime(self.path, ns=(now, now))
+
+    def close(self):
+        self.closed.set()
+        self.thread.join()
+        self.listener.close()
 
 
-@pytest.mark.parametrize("setting, expected", [(None, 5), ("0", 0)])
-def test_gunicorn_workers_yield_the_cpu_to_the_masters_writer(tmp_path, setting, expected):
-    """The writer thread in the master is the stage every request waits for: under load the
-    workers (GUNICORN_WORKER_NICE, default 5) must not crowd it out."""
-    env = {} if setting is None else {"GUNICORN_WORKER_NICE": setting}
-    server = Gunicorn(tmp_path / "events.db", tmp_path / "gunicorn.log", workers=2, **env)
-    server.start()
-    try:
-        master, workers = _nice(server.master), [_nice(pid) for pid in server.worker_pids()]
-        assert len(workers) == 2
-        assert workers == [master + expected] * 2
-    finally:
-        assert server.stop() == []
+@pytest.fixture
+def fake_writer(tmp_path):
+    fake = FakeWriter(str(tmp_path / "silent.sock"))
+    time.sleep(0.1)
+    yield fake
+    fake.close()
 
 
-def test_a_writer_that_does_not_answer_is_a_storage_error_after_the_commit_timeout(tmp_path):
-    path = str(tmp_path / "silent.sock")
-    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    silent.bind(path)
-    silent.listen(1)  # accepts the connection (backlog), never reads or answers
-    try:
-        remote = RemoteWriter(load_settings(db_path="unused", commit_timeout_s=0.3), path)
-        started = time.monotonic()
-        with pytest.raises(StorageError, match="not confirmed within 0.3 s"):
-            remote.run("record_health", 1)
-        assert 0.25 < time.monotonic() - started < 5
-        remote.close()
-    finally:
-        silent.close()
+def test_a_live_writer_that_does_not_answer_is_a_storage_error_after_the_commit_timeout(
+        fake_writer):
+    remote = RemoteWriter(load_settings(db_path="unused", commit_timeout_s=0.3), fake_writer.path)
+    started = time.monotonic()
+    with pytest.raises(StorageError, match="not confirmed within 0.3 s"):
+        remote.run("record_health", 1)
+    assert 0.25 < time.monotonic() - started < 5
+    remote.close()
+
+
+def test_a_writer_whose_heartbeat_stops_is_a_storage_error_within_the_stale_limit(fake_writer):
+    """A request already waiting gives up once the beat is STALE_S old, not after the commit
+    timeout; the next one is refused before it is sent."""
+    remote = RemoteWriter(load_settings(db_path="unused", commit_timeout_s=30), fake_writer.path)
+    threading.Timer(0.2, fake_writer.beating.clear).start()  # hung, as with SIGSTOP
+    started = time.monotonic()
+    with pytest.raises(StorageError, match="not responding"):
+        remote.run("record_health", 1)
+    assert time.monotonic() - started < 0.2 + STALE_S + 0.5
+    started = time.monotonic()
+    with pytest.raises(StorageError, match="not responding"):
+        remote.run("record_health", 1)
+    assert time.monotonic() - started < 0.05
+    remote.close()
