@@ -707,6 +707,9 @@ class RemoteWriter:
             conn = self._connection(self.alive())
             self._send(conn, _LENGTH.pack(len(frame)) + frame, deadline)
             status, value = json.loads(self._receive(conn, deadline))
+        except (ConnectionRefusedError, FileNotFoundError):
+            self._drop()  # the socket of a writer that died: its successor is starting
+            raise StorageError("writer not running (connection refused)") from None
         except StorageError:
             self._drop()  # a reply may still come for this request: never reuse the connection
             raise
@@ -821,7 +824,8 @@ def main():
     if stopping.is_set():
         server.stop()
     log.info("writer: serving %s at %s", os.path.abspath(settings.db_path), socket_path)
-    server.serve()
+    server.serve()  # returns with the database closed and the socket removed
+    os.close(lock)  # the next writer may start now, before this interpreter has wound down
     log.info("writer: stopped (%d writes in %d batches)", server.writer.writes,
              server.writer.batches)
     return 0
