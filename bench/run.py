@@ -41,10 +41,13 @@ REPO = BENCH.parent
 sys.path[:0] = [str(BENCH), str(REPO)]
 
 import make_bodies  # noqa: E402
-from testing.processes import GUNICORN_CONFIG, Gunicorn  # noqa: E402
+from testing.processes import GUNICORN_CONFIG, VENV_BIN, Gunicorn, children  # noqa: E402
 
 APPS = {"receiver": "receiver.wsgi:app", "no-op": "bench.noop_app:app",
-        "validate-only": "bench.validate_app:app"}
+        "validate-only": "bench.validate_app:app", "textbook": "bench.textbook_app:app"}
+DEFAULT_APPS = "receiver,validate-only,textbook,no-op"
+# gunicorn's documented advice for sync workers, as the textbook peer's author would follow it.
+TEXTBOOK_WORKERS = 2 * (os.cpu_count() or 1) + 1
 TARGET_PATH = "/webhooks/vonage"
 WRK_TIMEOUT = "15s"  # Vonage gives up on a response after 15 s
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -116,6 +119,11 @@ def _meminfo_total_mib():
 
 # --- processes ------------------------------------------------------------------------------
 
+def base_app(name):
+    """"receiver:nice5" (a variant) -> "receiver"."""
+    return name.split(":", 1)[0]
+
+
 def rss_kib(pid):
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -149,12 +157,25 @@ class Server(Gunicorn):
     its workers."""
 
     def __init__(self, app_name, run_dir, env_extra):
-        super().__init__(run_dir / "events.db", run_dir / "gunicorn.log", workers=None,
-                         app=APPS[app_name], inherit=True, **env_extra)
+        super().__init__(run_dir / "events.db", run_dir / "gunicorn.log",
+                         workers=TEXTBOOK_WORKERS if app_name == "textbook" else None,
+                         app=APPS[base_app(app_name)], inherit=True, **env_extra)
         self.app_name = app_name
         self.run_dir = run_dir
 
+    def command(self):
+        """The production config, except for the textbook peer: plain ``gunicorn -w 2n+1``."""
+        if self.app_name == "textbook":
+            return [str(VENV_BIN / "gunicorn"), "-w", str(TEXTBOOK_WORKERS),
+                    "-b", f"127.0.0.1:{self.port}", APPS["textbook"]]
+        return super().command()
+
     def start(self, timeout=60):
+        if self.app_name == "textbook":  # its schema first, as its README would say
+            with open(self.log_path, "ab") as log:
+                subprocess.run([str(VENV_BIN / "flask"), "--app", APPS["textbook"].split(":")[0],
+                                "init-db"], cwd=REPO, env=self.env, stdout=log,
+                               stderr=subprocess.STDOUT, check=True, timeout=60)
         super().start(timeout)
         # Each worker imports the app after the fork; give the others time to finish too.
         for _ in range(4 * self.worker_count):
@@ -172,12 +193,12 @@ class Server(Gunicorn):
         return self.worker_pids()
 
     def rss(self):
-        """{pid: VmRSS KiB} of the master (the receiver's writer lives there) and the workers."""
-        return {pid: rss_kib(pid) for pid in [self.master, *self.workers()]}
+        """{pid: VmRSS KiB} of the master, the workers and the writer processes."""
+        return {pid: rss_kib(pid) for pid in [self.master, *children(self.master)]}
 
     def cpu(self):
-        """CPU seconds of the master (which runs the receiver's writer) and its workers."""
-        return cpu_seconds(self.master) + sum(cpu_seconds(pid) for pid in self.workers())
+        """CPU seconds of the master, its workers and the writer processes."""
+        return sum(cpu_seconds(pid) for pid in [self.master, *children(self.master)])
 
     def stop(self, grace=40):
         """SIGTERM (graceful: in-flight requests finish), SIGKILL of its group if it hangs."""
@@ -412,16 +433,104 @@ def verify_receiver(db_path, loads, signed, sample=300, seed=7):
     return report
 
 
+def verify_textbook(db_path, loads):
+    """The textbook peer keeps a row per 200 (no de-duplication): at least as many rows as 200s."""
+    codes = Counter()
+    for result in loads:
+        codes.update(summarise_codes(result))
+    non_2xx = sum(n for c, n in codes.items() if not 200 <= c < 300)
+    errors = sum(r["errors"][k] for r in loads for k in ("connect", "read", "write", "timeout"))
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT count(*) FROM callbacks").fetchone()[0]
+    finally:
+        conn.close()
+    return {"ok": non_2xx == 0 and errors == 0 and rows >= codes.get(200, 0),
+            "acknowledged_200": codes.get(200, 0), "stored_rows": rows, "non_2xx": non_2xx}
+
+
+# --- the writer alone ----------------------------------------------------------------------
+
+def writer_alone(args, bodies, run_dir):
+    """Callbacks/s the writer commits from pre-built batches, against a raw insert of the same
+    bodies (sha256, body, time) into one table: both durable (FULL, WAL), one process, batches
+    of ``args.writer_batch``, on fresh files on the benchmark's disk.
+
+    The writer's side starts from the frames the workers send (encoded beforehand), so it
+    times what the writer process does per batch: decode the frames, run the store's SQL,
+    commit. The raw side is SQLite's own limit on this disk.
+    """
+    from receiver import db as receiver_db
+    from receiver.callbacks import parse
+    from receiver.config import load_settings
+    from receiver.signatures import Verifier
+    from receiver.store import Delivery, utcnow
+    from receiver.writer import GroupCommitWriter, _Pending, decode_request, encode_request
+
+    lines = []
+    for line in make_bodies.read_lines(f"{bodies['main'][min(args.threads, args.connections[0])].prefix}.0"):
+        lines.append(line)
+        if len(lines) >= args.writer_alone:
+            break
+    settings = load_settings(db_path=str(run_dir / "writer-alone.db"), synchronous="FULL",
+                             signature_secret=args.secret or "", max_batch=args.writer_batch)
+    verifier = Verifier(settings)
+    frames = []
+    for authorization, body in lines:
+        received_at = utcnow()
+        delivery = Delivery(body, TARGET_PATH, received_at, "127.0.0.1", "wrk",
+                            "application/json", authorization or None)
+        signature = verifier.check(delivery.authorization, body, delivery.received_epoch)
+        frames.append(encode_request("store_callback", (parse(body), delivery, signature), {}))
+    batches = [frames[i:i + args.writer_batch] for i in range(0, len(frames), args.writer_batch)]
+
+    receiver_db.init_db(settings.db_path)
+    writer = GroupCommitWriter(settings)
+    cpu, started = time.process_time(), time.perf_counter()
+    failed = 0
+    for batch in batches:
+        pending = [_Pending(decode_request(frame)) for frame in batch]
+        writer.commit_batch(pending)
+        failed += sum(p.error is not None for p in pending)
+    writer_s, writer_cpu = time.perf_counter() - started, time.process_time() - cpu
+    writer.close()
+
+    raw_path = run_dir / "raw-insert.db"
+    conn = sqlite3.connect(raw_path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("CREATE TABLE raw (id INTEGER PRIMARY KEY, sha256 TEXT, body TEXT, received_at TEXT)")
+    raw_batches = [lines[i:i + args.writer_batch] for i in range(0, len(lines), args.writer_batch)]
+    cpu, started = time.process_time(), time.perf_counter()
+    for batch in raw_batches:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany("INSERT INTO raw (sha256, body, received_at) VALUES (?, ?, ?)",
+                         [(hashlib.sha256(body).hexdigest(), body.decode(), utcnow())
+                          for _, body in batch])
+        conn.execute("COMMIT")
+    raw_s, raw_cpu = time.perf_counter() - started, time.process_time() - cpu
+    conn.close()
+    if not args.keep_db:
+        for path in list(run_dir.glob("writer-alone.db*")) + list(run_dir.glob("raw-insert.db*")):
+            path.unlink()
+    n = len(lines)
+    return {"callbacks": n, "batch": args.writer_batch, "failed": failed,
+            "writer_per_s": round(n / writer_s), "writer_cpu_us": round(1e6 * writer_cpu / n, 1),
+            "raw_per_s": round(n / raw_s), "raw_cpu_us": round(1e6 * raw_cpu / n, 1),
+            "ratio": round(raw_s and (n / writer_s) / (n / raw_s), 3)}
+
+
 # --- one run --------------------------------------------------------------------------------
 
 def one_run(app_name, connections, args, bodies, out_dir, env_extra, label=None, profile=None):
     """Start gunicorn, warm up, load, stop, check; return the run's record."""
     label = label or f"{app_name}-c{connections}"
-    run_dir = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=args.db_dir))
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{label.replace(':', '_')}-", dir=args.db_dir))
+    env_extra = {**env_extra, **args.variants.get(app_name, {})}
     server = Server(app_name, run_dir, env_extra)
     threads = min(args.threads, connections)
     record = {"app": app_name, "connections": connections, "label": label,
-              "gunicorn_app": APPS[app_name], "run_dir": str(run_dir)}
+              "gunicorn_app": APPS[base_app(app_name)], "run_dir": str(run_dir)}
     print(f"  {label}: starting gunicorn on {server.url} ...", flush=True)
     server.start()
     try:
@@ -430,8 +539,8 @@ def one_run(app_name, connections, args, bodies, out_dir, env_extra, label=None,
         warm = run_wrk(server.url, bodies["warm"][threads].prefix, connections, threads,
                        args.warmup, run_dir / "wrk-warmup.log")
         rss_start = server.rss()
-        perf = (_start_perf([server.master, *server.workers()], run_dir)
-                if app_name == "receiver" and args.perf else None)
+        perf = (_start_perf([server.master, *children(server.master)], run_dir)
+                if base_app(app_name) == "receiver" and args.perf else None)
         sampler = Sampler(server, args.rss_interval)
         sampler.start()
         cpu_before, machine_before = server.cpu(), machine_cpu()
@@ -494,10 +603,12 @@ def one_run(app_name, connections, args, bodies, out_dir, env_extra, label=None,
             record["syncs"]["requests_per_sync"] = round(main["requests"] / syncs["total"], 2)
     if record["workers_end"] != record["workers"]:
         record["note"] = "workers were replaced during the run (restart or recycling)"
-    if app_name == "receiver":
+    if base_app(app_name) == "receiver":
         record["check"] = verify_receiver(server.db_path, [(bodies["warm"][threads].slices(), warm),
                                                            (main_slices, main)],
                                           signed=bool(args.secret))
+    elif app_name == "textbook":
+        record["check"] = verify_textbook(server.db_path, [warm, main])
     else:
         ok = record["non_2xx"] == 0 and record["request_errors"] == 0
         record["check"] = {"ok": ok, "acknowledged_200": codes.get(200, 0)}
@@ -509,7 +620,7 @@ def one_run(app_name, connections, args, bodies, out_dir, env_extra, label=None,
 
 
 def _start_perf(pids, run_dir):
-    """Count fsync/fdatasync syscalls of the master (the writer) and workers (≈ commits) with perf."""
+    """Count fsync/fdatasync syscalls of the master, workers and writer (≈ commits) with perf."""
     if not shutil.which("perf") or not pids:
         return None
     out = run_dir / "perf-syncs.txt"
@@ -643,9 +754,9 @@ def _mib(kib):
 
 def print_table(records):
     rounds = any(r.get("repeat", 1) > 1 for r in records)
-    head = (f"{'conns':>5}  {'app':<15} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'non-2xx':>7} "
-            f"{'errors':>6} {'ratio':>6}  {'stored/acked':>15}  {'RSS MiB boot→end (peak)':<24} "
-            f"{'reqs/sync':>9}")
+    head = (f"{'conns':>5}  {'app':<22} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'non-2xx':>7} "
+            f"{'errors':>6} {'/no-op':>6} {'/textb.':>7} {'/valid.':>7}  {'stored/acked':>15}  "
+            f"{'RSS MiB boot→end (peak)':<24} {'reqs/sync':>9}")
     print(head)
     print("-" * len(head))
     for r in records:
@@ -653,11 +764,13 @@ def print_table(records):
         stored = (f"{check['stored_deliveries']}/{check['acknowledged_200']}"
                   if "stored_deliveries" in check else "-")
         rss = r["rss_kib"]
-        ratio = f"{r['ratio']:.2f}" if r.get("ratio") is not None else ""
+        ratio, textbook, validate = (f"{r[k]:.2f}" if r.get(k) is not None else ""
+                                     for k in ("ratio", "ratio_textbook", "ratio_validate_only"))
         syncs = r.get("syncs", {}).get("requests_per_sync", "")
         app = r["app"] + (f"#{r['repeat']}" if rounds else "")
-        print(f"{r['connections']:>5}  {app:<15} {r['rps']:>8.0f} {r['latency_ms']['p50']:>7.2f} "
-              f"{r['latency_ms']['p99']:>7.2f} {r['non_2xx']:>7} {r['request_errors']:>6} {ratio:>6}  "
+        print(f"{r['connections']:>5}  {app:<22} {r['rps']:>8.0f} {r['latency_ms']['p50']:>7.2f} "
+              f"{r['latency_ms']['p99']:>7.2f} {r['non_2xx']:>7} {r['request_errors']:>6} {ratio:>6} "
+              f"{textbook:>7} {validate:>7}  "
               f"{stored:>15}  {_mib(rss['boot']) + '→' + _mib(rss['end']) + ' (' + _mib(rss['peak']) + ')':<24} "
               f"{syncs:>9}")
 
@@ -665,7 +778,7 @@ def print_table(records):
 def print_checks(records):
     for r in records:
         c = r["check"]
-        if r["app"] != "receiver":
+        if base_app(r["app"]) != "receiver":
             continue
         status = "OK" if c["ok"] else "FAILED"
         print(f"  {r['label']}: {status}: {c['acknowledged_200']} answered 200 (warm-up included), "
@@ -683,6 +796,40 @@ def print_checks(records):
             print(f"    {failure}")
         if r.get("log_problems"):
             print(f"    gunicorn log: {len(r['log_problems'])} problem line(s), first: {r['log_problems'][0]}")
+
+
+def _meets(value, target, higher=True):
+    return "meets" if (value >= target if higher else value <= target) else "MISSES"
+
+
+def print_targets(summary, records, alone, args):
+    """The issue's five targets, from this run (reported, never the exit status)."""
+    print("targets (reported, never the exit status)"
+          + (f"; medians over {args.repeat} rounds" if args.repeat > 1 else "") + ":")
+    for connections, entry in summary.items():
+        for app, figures in entry.items():
+            if base_app(app) != "receiver":
+                continue
+            mine = [r for r in records if r["connections"] == connections and r["app"] == app]
+            parts = []
+            for key, peer, target in (("ratio_textbook", "textbook", 1.3),
+                                      ("ratio_validate_only", "validation alone", 0.75)):
+                if key in figures:
+                    rounds = figures[key + "_rounds"]
+                    parts.append(f"{app} / {peer} {figures[key]:.2f} ({_meets(figures[key], target)} "
+                                 f"≥ {target})" + (f" rounds {rounds}" if len(rounds) > 1 else ""))
+            p99 = figures["p99_ms"]
+            parts.append(f"p99 {p99} ms" + (f" ({_meets(p99, 20, higher=False)} ≤ 20 ms)"
+                                            if connections == 16 else ""))
+            parts.append(f"non-2xx {figures['non_2xx']} ({_meets(-figures['non_2xx'], 0)} 0), "
+                         f"request errors {sum(r['request_errors'] for r in mine)}, "
+                         f"lost {sum(r['check'].get('lost', 0) for r in mine)}")
+            print(f"  c{connections}: " + "; ".join(parts))
+    if alone:
+        print(f"  the writer alone: {alone['writer_per_s']} callbacks/s "
+              f"({alone['writer_cpu_us']} µs CPU each) against a raw insert {alone['raw_per_s']}/s "
+              f"({alone['raw_cpu_us']} µs): writer / raw {alone['ratio']:.2f} "
+              f"({_meets(alone['ratio'], 0.5)} ≥ 0.5); {alone['failed']} failed writes")
 
 
 # --- main -----------------------------------------------------------------------------------
@@ -707,10 +854,19 @@ def parse_args(argv=None):
     parser.add_argument("--unsigned", action="store_true",
                         help="send unsigned callbacks and run without VONAGE_SIGNATURE_SECRET "
                              "(default: signed like Vonage, the secret set for both apps)")
-    parser.add_argument("--validate-only", action="store_true",
-                        help="also run bench/validate_app.py: the receiver's signature check and "
-                             "marshmallow validation without any storage, under the same config; "
-                             "its ratio to the no-op bounds what any storage design can reach")
+    parser.add_argument("--apps", default=DEFAULT_APPS,
+                        help=f"apps to run, in order (default {DEFAULT_APPS}): the receiver; "
+                             "validate-only (its checks without storage: the bound any storage "
+                             "design can reach); textbook (bench/textbook_app.py, the peer a user "
+                             "compares with); no-op (Flask and gunicorn alone)")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:VAR=VALUE,...",
+                        help="also run the receiver with these environment variables, labelled "
+                             "receiver:NAME (repeatable), e.g. --variant nice5:GUNICORN_WORKER_NICE=5")
+    parser.add_argument("--writer-alone", type=int, default=20_000, metavar="N",
+                        help="callbacks committed by the writer alone, in process, against a raw "
+                             "insert of the same bodies (default 20000; 0: skip)")
+    parser.add_argument("--writer-batch", type=int, default=64,
+                        help="batch size of the writer-alone measurement (default 64)")
     parser.add_argument("--soak", type=int, metavar="N",
                         help="soak mode: one receiver run per concurrency posting N bodies, each "
                              "once, with RSS sampled throughout (e.g. --soak 1000000)")
@@ -739,6 +895,22 @@ def parse_args(argv=None):
         parser.error("--connections needs at least one positive number")
     if args.repeat < 1:
         parser.error("--repeat needs a positive number")
+    args.apps = [a.strip() for a in args.apps.split(",") if a.strip()]
+    unknown = [a for a in args.apps if a not in APPS]
+    if unknown or not args.apps:
+        parser.error(f"--apps: unknown {unknown}; choose from {', '.join(APPS)}")
+    args.variants = {}
+    for spec in args.variant:
+        name, _, assignments = spec.partition(":")
+        try:
+            env = dict(a.split("=", 1) for a in assignments.split(",") if a)
+        except ValueError:
+            parser.error(f"--variant {spec!r}: expected NAME:VAR=VALUE[,VAR=VALUE...]")
+        if not name or not env:
+            parser.error(f"--variant {spec!r}: expected NAME:VAR=VALUE[,VAR=VALUE...]")
+        args.variants[f"receiver:{name}"] = env
+        args.apps.insert(args.apps.index("receiver") + 1 if "receiver" in args.apps else 0,
+                         f"receiver:{name}")
     if args.soak is not None and args.soak < 1:
         parser.error("--soak needs a positive number of requests")
     if args.soak and args.rss_interval == 1.0:
@@ -763,7 +935,8 @@ def prepare_bodies(args, work_dir):
 
 
 def run_pair(apps, connections, repeat, args, bodies, out_dir, env_extra):
-    """The receiver and the no-op at one concurrency; the receiver's record gets the ratio."""
+    """Every app at one concurrency; each record gets its ratios to the no-op, and the
+    receivers theirs to the textbook peer and to validation alone."""
     by_app = {}
     for app_name in apps:
         label = f"{app_name}-c{connections}" + (f"-r{repeat}" if args.repeat > 1 else "")
@@ -774,11 +947,18 @@ def run_pair(apps, connections, repeat, args, bodies, out_dir, env_extra):
               f"p99 {record['latency_ms']['p99']} ms, non-2xx {record['non_2xx']}, "
               f"errors {record['request_errors']}, check {'OK' if record['check']['ok'] else 'FAILED'}",
               flush=True)
-    if "no-op" in by_app:
-        for name in ("receiver", "validate-only"):
-            if name in by_app:
-                by_app[name]["ratio"] = round(by_app[name]["rps"] / by_app["no-op"]["rps"], 3)
-    return [by_app[a] for a in ("receiver", "validate-only", "no-op") if a in by_app]
+    for name, record in by_app.items():
+        for key, peer in (("ratio", "no-op"), ("ratio_textbook", "textbook"),
+                          ("ratio_validate_only", "validate-only")):
+            if peer in by_app and name != peer and (key == "ratio" or base_app(name) == "receiver"):
+                record[key] = round(record["rps"] / by_app[peer]["rps"], 3)
+    return [by_app[a] for a in app_order(by_app)]
+
+
+def app_order(names):
+    """The receiver (and its variants) first, then the peers, as in the table."""
+    rank = {"receiver": 0, "validate-only": 1, "textbook": 2, "no-op": 3}
+    return sorted(names, key=lambda a: (rank.get(base_app(a), 9), a))
 
 
 def summary_by_concurrency(records):
@@ -787,19 +967,17 @@ def summary_by_concurrency(records):
     for connections in sorted({r["connections"] for r in records}):
         runs = [r for r in records if r["connections"] == connections]
         entry = {}
-        for app in ("receiver", "no-op"):
+        for app in app_order({r["app"] for r in runs}):
             mine = [r for r in runs if r["app"] == app]
-            if mine:
-                entry[app] = {"rps": _median([r["rps"] for r in mine]),
-                              "p50_ms": _median([r["latency_ms"]["p50"] for r in mine]),
-                              "p99_ms": _median([r["latency_ms"]["p99"] for r in mine])}
-        ratios = [r["ratio"] for r in runs if r["app"] == "receiver" and r.get("ratio") is not None]
-        if ratios:
-            entry["ratio"] = _median(ratios)
-            entry["ratios"] = ratios
-        bounds = [r["ratio"] for r in runs if r["app"] == "validate-only" and r.get("ratio") is not None]
-        if bounds:
-            entry["validate_only_ratio"] = _median(bounds)
+            entry[app] = {"rps": _median([r["rps"] for r in mine]),
+                          "p50_ms": _median([r["latency_ms"]["p50"] for r in mine]),
+                          "p99_ms": _median([r["latency_ms"]["p99"] for r in mine]),
+                          "non_2xx": sum(r["non_2xx"] + r["warmup_non_2xx"] for r in mine)}
+            for key in ("ratio", "ratio_textbook", "ratio_validate_only"):
+                values = [r[key] for r in mine if r.get(key) is not None]
+                if values:
+                    entry[app][key] = _median(values)
+                    entry[app][key + "_rounds"] = values
         summary[connections] = entry
     return summary
 
@@ -858,10 +1036,14 @@ def main(argv=None):
             for repeat in range(1, args.repeat + 1):
                 print(f"concurrency {connections}" + (f", round {repeat}" if args.repeat > 1 else "")
                       + ":", flush=True)
-                # Alternate which app goes first, so that drift of the machine hits both alike.
-                apps = ["receiver", "validate-only"] if args.validate_only else ["receiver"]
-                apps = ["receiver"] if args.soak else (apps + ["no-op"])[:: 1 if repeat % 2 else -1]
+                # Alternate the order of the apps, so that drift of the machine hits all alike.
+                apps = ["receiver"] if args.soak else args.apps[:: 1 if repeat % 2 else -1]
                 records += run_pair(apps, connections, repeat, args, bodies, out_dir, env_extra)
+        alone = None
+        if args.writer_alone and not args.soak:
+            print(f"the writer alone: {args.writer_alone} callbacks in batches of "
+                  f"{args.writer_batch}, then a raw insert of the same bodies ...", flush=True)
+            alone = writer_alone(args, bodies, out_dir)
         profile_record = None
         if args.profile and not args.soak:
             connections = args.connections[0]
@@ -881,32 +1063,12 @@ def main(argv=None):
     print()
     print("check (every 200 in the database):")
     print_checks(records)
-    failures = [r for r in records if r["app"] == "receiver" and (
+    failures = [r for r in records if base_app(r["app"]) == "receiver" and (
         not r["check"]["ok"] or r["request_errors"] or r["warmup_request_errors"])]
     noop_bad = [r for r in records if r["app"] == "no-op" and not r["check"]["ok"]]
     print()
     summary = summary_by_concurrency(records)
-    print("targets (reported, never the exit status)"
-          + (f"; medians over {args.repeat} rounds" if args.repeat > 1 else "") + ":")
-    for connections, entry in summary.items():
-        mine = [r for r in records if r["connections"] == connections and r["app"] == "receiver"]
-        parts = []
-        if "ratio" in entry:
-            ratio = entry["ratio"]
-            parts.append(f"throughput ratio {ratio:.2f} {'≥' if ratio >= 0.60 else '<'} 0.60"
-                         + (f" (rounds: {', '.join(f'{x:.2f}' for x in entry['ratios'])})"
-                            if len(entry["ratios"]) > 1 else ""))
-        if "validate_only_ratio" in entry:
-            parts.append(f"validation alone (no storage) {entry['validate_only_ratio']:.2f}")
-        p99 = entry["receiver"]["p99_ms"]
-        if connections == 16:
-            parts.append(f"p99 {p99} ms {'≤' if p99 <= 30 else '>'} 30 ms")
-        else:
-            parts.append(f"p99 {p99} ms")
-        parts.append(f"non-2xx {sum(r['non_2xx'] + r['warmup_non_2xx'] for r in mine)}, "
-                     f"request errors {sum(r['request_errors'] for r in mine)}, "
-                     f"lost {sum(r['check'].get('lost', 0) for r in mine)}")
-        print(f"  c{connections}: " + "; ".join(parts))
+    print_targets(summary, records, alone, args)
     for r in records:
         cpu = r["cpu"]
         print(f"  cpu {r['label']}: gunicorn (master + workers) {cpu['workers_s']} s ({cpu['worker_ms_per_request']} ms/request), "
@@ -953,6 +1115,7 @@ def main(argv=None):
                      "repeat": args.repeat,
                      "body_mix": dict(next(iter(bodies["main"].values())).mix)},
         "summary": summary,
+        "writer_alone": alone,
         "runs": records,
         "profile": profile_record,
         "ok": not failures,

@@ -212,7 +212,7 @@ class Gunicorn:
             log.write(f"\n===== start #{self.starts + 1} on port {self.port}\n".encode())
             log.flush()
             self.popen = subprocess.Popen(
-                [str(VENV_BIN / "gunicorn"), "-c", GUNICORN_CONFIG, self.app],
+                self.command(),
                 cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True,
             )
@@ -223,6 +223,10 @@ class Gunicorn:
             self.stop()
             raise
         return self
+
+    def command(self):
+        """The command line: the production config file, this app."""
+        return [str(VENV_BIN / "gunicorn"), "-c", GUNICORN_CONFIG, self.app]
 
     def wait_ready(self, timeout=20.0):
         """Until /healthz answers 200 and every worker is up."""
