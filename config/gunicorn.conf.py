@@ -19,7 +19,7 @@ except ValueError as error:  # one line, not gunicorn's "Failed to read config f
 bind = f"{_settings.host}:{_settings.port}"
 
 # Sync workers (one request at a time each, no thread contention for the GIL) hand their
-# writes to one group-commit writer in the master (receiver/writer.py), so one synced commit
+# writes to one group-commit writer process (receiver/writer.py), so one synced commit
 # serves every worker's request in flight. Many more workers than cores: a worker waiting for
 # its commit leaves its core to the others, and more requests in flight make bigger batches
 # (measured on 2 cores: 5 workers 903 req/s, 9 workers 1,103, 12 workers 1,091).
@@ -66,11 +66,8 @@ def on_starting(server):
     db.init_db(settings.db_path, synchronous=settings.synchronous,
                busy_timeout_ms=settings.busy_timeout_ms)
     log = logging.getLogger("gunicorn.error")
-    if os.environ.get("RECEIVER_WRITER_IN_MASTER"):
-        _writer_in_master(settings)
-    else:
-        # The writer is a process of its own, replaced by a thread here when it dies or hangs.
-        start_supervisor(settings, log)
+    # The writer is a process of its own, replaced by a thread here when it dies or hangs.
+    start_supervisor(settings, log)
     os.environ[SOCKET_VARIABLE] = endpoint_paths(settings.db_path)[0]  # for every worker
     log.info("dispatch-receiver: database %s ready; writer at %s",
              os.path.abspath(settings.db_path), os.environ[SOCKET_VARIABLE])
@@ -83,27 +80,15 @@ def on_starting(server):
                     "failure", settings.synchronous)
 
 
-def _writer_in_master(settings):
-    """Candidate A, for the benchmark only: the writer as a thread of the master (as before)."""
-    import threading
-
-    from receiver.writer import WriterServer, endpoint_paths, take_lock
-
-    path, lock = endpoint_paths(settings.db_path)
-    take_lock(lock, threading.Event())
-    writer = WriterServer(settings, path)
-    threading.Thread(target=writer.serve, name="writer", daemon=True).start()
-
-
-# Workers run at a lower CPU priority than the master, whose writer thread is the one serial
-# stage every request waits for: when the cores are busy the writer still runs at once.
-# Measured on 2 cores at 16 connections: nice 0 1,028-1,187 req/s, nice 5 1,236-1,278.
+# Workers may run at a lower CPU priority than the writer process, the one serial stage every
+# request waits for. Off by default: with the writer in a process of its own, nice 5 measured no
+# better (see bench/README.md), and it hands CPU to anything else running on the host.
 worker_nice = _settings.worker_nice
 
 
 def post_fork(server, worker):
     """In each worker: close the master's end of the writer's stdin (else the writer would not
-    see the master die); yield the CPU to the writer."""
+    see the master die); lower the worker's priority if asked."""
     from receiver.writer import supervisor
 
     if supervisor() is not None:

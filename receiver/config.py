@@ -46,12 +46,12 @@ class Settings:
     # "user:password" for HTTP Basic auth on the webhook routes (instead of signatures).
     basic_auth: str = ""
     # gunicorn (config/gunicorn.conf.py): worker processes, their class and threads, how much
-    # lower their CPU priority is than the master's (whose writer every request waits for),
+    # lower their CPU priority is than the writer process's (whose commits every request waits for),
     # when a stuck one is restarted or any one recycled, and the access log ("": none).
     web_concurrency: int = field(default_factory=default_workers)
     worker_class: str = "sync"
     threads: int = 1
-    worker_nice: int = 5
+    worker_nice: int = 0
     worker_timeout_s: int = 30
     max_requests: int = 0
     access_log: str = "-"

@@ -131,7 +131,8 @@ def openapi():
 
 @bp.get("/healthz")
 def healthz():
-    """200 when the database takes a write, else 503."""
+    """200 when the database takes a write, else 503 saying why (at once when the writer
+    process is gone or hung)."""
     writer = current_app.extensions["receiver.writer"]
     pid = os.getpid()
     try:
@@ -139,5 +140,6 @@ def healthz():
     except StorageError as error:
         response = jsonify(status="unavailable", database="not writable", error=str(error))
         response.status_code = 503
+        response.headers["Retry-After"] = RETRY_AFTER_S
         return response
     return jsonify(status="ok", database="writable", pid=pid)

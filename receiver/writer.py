@@ -387,7 +387,7 @@ def encode_request(operation, args, kwargs):
         "op": operation,
         "args": [encode_value(a) for a in args],
         "kwargs": {k: encode_value(v) for k, v in kwargs.items()},
-    }, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    }, separators=(",", ":")).encode("ascii")  # \u escapes: lone surrogates cross too
 
 
 def decode_request(frame):

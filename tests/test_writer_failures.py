@@ -72,7 +72,9 @@ def health_during(port):
     try:
         conn.request("GET", "/healthz")
         response = conn.getresponse()
-        return response.status, round(time.monotonic() - started, 3), json.loads(response.read())
+        body = json.loads(response.read())
+        assert response.status == 200 or response.getheader("Retry-After"), "503 without Retry-After"
+        return response.status, round(time.monotonic() - started, 3), body
     finally:
         conn.close()
 

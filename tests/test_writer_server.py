@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from load import Gunicorn, stat_fields
 from payloads import dumps, status
 from receiver import store
 from receiver.callbacks import parse
@@ -232,3 +233,27 @@ def test_a_writer_whose_heartbeat_stops_is_a_storage_error_within_the_stale_limi
         remote.run("record_health", 1)
     assert time.monotonic() - started < 0.05
     remote.close()
+
+
+# --- the gunicorn side -----------------------------------------------------------------------
+
+
+def _nice(pid):
+    return int(stat_fields(pid)[16])
+
+
+@pytest.mark.parametrize("setting, expected", [(None, 0), ("5", 5)])
+def test_gunicorn_starts_one_writer_process_and_workers_at_the_nice_asked(tmp_path, setting,
+                                                                          expected):
+    """The writer is a child of the master beside the workers, at the master's priority; the
+    workers run at GUNICORN_WORKER_NICE (default 0) above it."""
+    env = {} if setting is None else {"GUNICORN_WORKER_NICE": setting}
+    server = Gunicorn(tmp_path / "events.db", tmp_path / "gunicorn.log", workers=2, **env)
+    server.start()
+    try:
+        writers = server.writer_pids()
+        master, workers = _nice(server.master), [_nice(pid) for pid in server.worker_pids()]
+        assert len(writers) == 1 and _nice(writers[0]) == master
+        assert workers == [master + expected] * 2
+    finally:
+        assert server.stop() == []  # the writer too is gone after a TERM to the group
