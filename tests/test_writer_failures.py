@@ -44,6 +44,22 @@ def serving_writer(server):
     return lock_holder(endpoint_paths(str(server.db_path))[1])
 
 
+def has_open(pid, path):
+    """True when process ``pid`` has the file at ``path`` open."""
+    target = os.path.realpath(path)
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
+                return True
+        except OSError:
+            pass
+    return False
+
+
 def assert_fast_503s(outcomes, server):
     """Every answer is a 200 or a 503 with Retry-After given in under FAST_S."""
     others = [o for o in outcomes if o.status not in (200, 503)]
@@ -119,6 +135,7 @@ def test_a_stopped_writer_gives_fast_503s_and_recovers(tmp_path):
     server = start(tmp_path)
     run = Run(server)
     facts = {}
+    left_stopped = None
     with run.phase():
         load = run.load(Bodies(seed=12))
         load.wait_for(count_status(200, 50), time.monotonic(), 15, "200s before the stop")
@@ -126,16 +143,22 @@ def test_a_stopped_writer_gives_fast_503s_and_recovers(tmp_path):
         writer = serving_writer(server)
         stopped = time.monotonic()
         os.kill(writer, signal.SIGSTOP)
-        load.wait_for(count_status(503, 10), stopped, 5, "503s while the writer is stopped")
+        time.sleep(0.7)
         facts["health_stopped"] = health_during(server.port)
         time.sleep(max(0.0, stopped + 1.2 - time.monotonic()))
-        os.kill(writer, signal.SIGCONT)
+        try:
+            os.kill(writer, signal.SIGCONT)  # before the supervisor's HUNG_S (2 s)
+        except ProcessLookupError:
+            facts["replaced_before_sigcont"] = True
         resumed = time.monotonic()
+        facts["503s_while_stopped"] = sum(o.status == 503 and stopped <= o.started < resumed
+                                          for o in load.snapshot())
         load.wait_for(count_status(200, 20), resumed, 5, "200s after SIGCONT")
         facts["after_cont"] = (writer, serving_writer(server))
 
         stopped_for_good = time.monotonic()
-        os.kill(writer, signal.SIGSTOP)
+        left_stopped = serving_writer(server)
+        os.kill(left_stopped, signal.SIGSTOP)
         load.wait_for(lambda o: any(x.status == 200 and x.started > stopped_for_good + 0.5
                                     for x in o), stopped_for_good, 10,
                       "200s from a new writer while the old one stays stopped")
@@ -149,11 +172,12 @@ def test_a_stopped_writer_gives_fast_503s_and_recovers(tmp_path):
            **facts)
     run.check(server.db_path)
     assert_fast_503s(run.outcomes, server)
+    assert facts["503s_while_stopped"] >= 5, facts
     status, seconds, body = facts["health_stopped"]
     assert status == 503 and "not responding" in body["error"] and seconds < FAST_S, \
         facts["health_stopped"]
     assert facts["after_cont"][0] == facts["after_cont"][1], "SIGCONT: the same writer serves"
-    assert facts["writers"] == [facts["serving"]] and facts["serving"] != writer, facts
+    assert facts["writers"] == [facts["serving"]] and facts["serving"] != left_stopped, facts
     assert facts["replaced_after_s"] is not None and facts["replaced_after_s"] < 6, facts
 
 
@@ -202,9 +226,20 @@ def test_usr2_binary_upgrade_under_load_ends_with_one_writer(tmp_path):
                 break
             time.sleep(0.1)
         assert new_master, f"no second master with 3 workers and a writer\n{server.output()}"
+        new_writer = [c for c in children(new_master) if is_writer(c)][0]
+        waiting = f"[{new_writer}] [INFO] writer: another writer (pid {old_writer}) serves"
+        while waiting not in server.output() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        facts["new_writer_waits"] = waiting in server.output()
         facts["both_running_writers"] = len(writers(server))
+        # Both masters' workers take requests, all through the old writer: only it has the
+        # database open, sampled for a second.
+        facts["with_database_open"] = set()
+        for _ in range(10):
+            facts["with_database_open"] |= {pid for pid in writers(server)
+                                             if has_open(pid, server.db_path)}
+            time.sleep(0.1)
         facts["serving_while_both"] = serving_writer(server) == old_writer
-        time.sleep(1.0)  # both masters' workers take requests, all through the old writer
         handed_over = time.monotonic()
         os.kill(old_master, signal.SIGTERM)
         server.popen.wait(timeout=30)
@@ -222,7 +257,8 @@ def test_usr2_binary_upgrade_under_load_ends_with_one_writer(tmp_path):
            handover_503s=len(failed), back_after_s=back, **facts)
     run.check(server.db_path)
     assert_fast_503s(run.outcomes, server)
-    assert facts["both_running_writers"] == 2 and facts["serving_while_both"], facts
+    assert facts["new_writer_waits"] and facts["both_running_writers"] == 2, facts
+    assert facts["with_database_open"] == {old_writer} and facts["serving_while_both"], facts
     assert facts["writers_after"] == facts["new_masters_writer"] == [facts["serving_after"]], facts
     assert facts["serving_after"] != old_writer, facts
     assert facts["health_after"] == 200, facts
