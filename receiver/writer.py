@@ -780,7 +780,7 @@ def take_lock(lock_path, stopping):
             break
         except BlockingIOError:
             if not waiting:
-                log.info("writer: another writer (pid %s) serves %s; waiting for it to exit",
+                log.info("writer: standing by while another writer (pid %s) serves %s",
                          lock_holder(lock_path), lock_path[:-len(LOCK_SUFFIX)])
                 waiting = True
             if stopping.wait(0.05):
@@ -832,109 +832,120 @@ def main():
 
 
 class Supervisor:
-    """In the gunicorn master: start the writer process, replace it when it exits or hangs.
+    """In the gunicorn master: keep a writer process serving, and one more standing by.
 
-    One thread that waits on the child and reads the heartbeat; it holds no SQLite
-    connection. The writer's stdin is a pipe from the master: closing it (``stop()``), or the
-    master's death, tells the writer to finish.
+    The standby has started Python and imported the receiver, and waits for the writer lock:
+    when the serving writer exits or is killed, it takes over within one lock poll (50 ms),
+    whatever Python's start-up costs on a busy host, and a new standby is started. One thread
+    does this: it polls the children and reads the heartbeat, and holds no SQLite connection.
+    Each writer's stdin is a pipe from the master: closing it (``stop()``), or the master's
+    death, tells the writer to finish.
     """
+
+    PROCESSES = 2  # the serving writer and its standby
 
     def __init__(self, settings, log=log):
         self.settings = settings
         self.log = log
         self.socket_path, self.lock_path = endpoint_paths(settings.db_path)
-        self.proc = None
+        self.procs = []
         self.restarts = 0
         self._stopping = threading.Event()
         self._thread = None
 
     def start(self, ready_timeout=10.0):
-        """Start the writer, wait (up to ``ready_timeout``) until a writer beats; returns self."""
+        """Start the writer, wait (up to ``ready_timeout``) until a writer beats, then the
+        standby (from the watching thread); returns self."""
         _private_directory(os.path.dirname(self.socket_path))
         self._spawn()
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline and not self._beating():
+            time.sleep(0.02)
+        if not self._beating():
+            self.log.warning("writer not ready after %.0f s: answering 503 until it is",
+                             ready_timeout)
         self._thread = threading.Thread(target=self._watch, name="writer-supervisor",
                                         daemon=True)
         self._thread.start()
-        deadline = time.monotonic() + ready_timeout
-        while time.monotonic() < deadline:
-            try:
-                if heartbeat_age(self.socket_path)[0] <= STALE_S:
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.02)
-        self.log.warning("writer not ready after %.0f s: answering 503 until it is",
-                         ready_timeout)
         return self
+
+    def _beating(self):
+        try:
+            return heartbeat_age(self.socket_path)[0] <= STALE_S
+        except OSError:
+            return False
 
     def _spawn(self):
         # fork + exec: the child starts from nothing of the master's (no threads, no SQLite).
-        self.proc = subprocess.Popen([sys.executable, "-m", "receiver.writer"],
-                                     stdin=subprocess.PIPE, close_fds=True)
-        self.started = time.monotonic()
-        self.log.info("writer process %d started", self.proc.pid)
+        proc = subprocess.Popen([sys.executable, "-m", "receiver.writer"],
+                                stdin=subprocess.PIPE, close_fds=True)
+        proc.started = time.monotonic()
+        self.procs.append(proc)
+        self.log.info("writer process %d started", proc.pid)
 
     def inherited_fds(self):
-        """File descriptors a forked worker must close (the writer's stdin pipe)."""
-        if self.proc is not None and self.proc.stdin is not None:
-            return [self.proc.stdin.fileno()]
-        return []
+        """File descriptors a forked worker must close (the writers' stdin pipes)."""
+        return [proc.stdin.fileno() for proc in list(self.procs) if not proc.stdin.closed]
 
-    def _hung(self):
-        """True when our writer serves (holds the lock) and has not beaten for HUNG_S."""
-        if lock_holder(self.lock_path) != self.proc.pid:
-            return False  # not serving yet (waiting for the lock, starting)
-        try:
-            age, _ = heartbeat_age(self.socket_path)
-        except OSError:
-            return False
-        return age > HUNG_S
+    def serving(self):
+        """The pid of our writer that holds the lock (None: none of ours serves)."""
+        holder = lock_holder(self.lock_path)
+        return holder if any(proc.pid == holder for proc in self.procs) else None
 
     def _watch(self):
         backoff = 0.0
-        while not self._stopping.is_set():
-            try:
-                code = self.proc.wait(timeout=0.1)
-            except subprocess.TimeoutExpired:
-                if self._hung():
-                    self.log.error("writer process %d has not beaten for %.0f s: replacing it",
-                                   self.proc.pid, HUNG_S)
-                    self.proc.kill()
-                continue
-            if self._stopping.is_set():
-                break
-            # gunicorn's arbiter reaps every child (waitpid(-1)) and may take the exit status
-            # first: Popen then says 0, so the code is only a hint.
-            self.log.error("writer process %d is gone (exit status %s): starting a new one",
-                           self.proc.pid, code)
-            self.proc.stdin.close()
-            # A writer that keeps dying at once (a bad path, a full disk) is retried less often.
-            ran = time.monotonic() - self.started
-            backoff = 0.0 if ran > 10 else min(max(backoff * 2, 0.1), 2.0)
-            if self._stopping.wait(backoff):
-                break
-            self.restarts += 1
-            self._spawn()
+        while not self._stopping.wait(0.1):
+            for proc in list(self.procs):
+                code = proc.poll()
+                if code is None:
+                    continue
+                # gunicorn's arbiter reaps every child (waitpid(-1)) and may take the exit
+                # status first: Popen then says 0, so the code is only a hint.
+                self.log.error("writer process %d is gone (exit status %s)", proc.pid, code)
+                proc.stdin.close()
+                self.procs.remove(proc)
+                # Writers that keep dying at once (a bad path, a full disk) are retried less often.
+                ran = time.monotonic() - proc.started
+                backoff = 0.0 if ran > 10 else min(max(backoff * 2, 0.1), 2.0)
+                self.restarts += 1
+            holder = self.serving()
+            if holder is not None and self._hung():
+                self.log.error("writer process %d has not beaten for %.0f s: replacing it",
+                               holder, HUNG_S)
+                os.kill(holder, signal.SIGKILL)
+            if len(self.procs) < self.PROCESSES and not self._stopping.wait(backoff):
+                self._spawn()
+
+    def _hung(self):
+        """No beat for HUNG_S from a writer that has held the lock at least that long (a
+        standby that just took over has not bound its socket yet)."""
+        try:
+            age, _ = heartbeat_age(self.socket_path)
+            held = time.time() - os.stat(self.lock_path).st_mtime
+        except OSError:
+            return False
+        return age > HUNG_S and held > HUNG_S
 
     def stop(self, timeout=10.0):
-        """Let the writer finish (it answers what it has, closes, exits); kill it after
-        ``timeout`` s."""
+        """Let the writers finish (the serving one answers what it has, closes, exits); kill
+        what is left after ``timeout`` s."""
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(2)
-        if self.proc is None:
-            return
-        try:
-            self.proc.stdin.close()
-        except OSError:
-            pass
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.log.error("writer process %d did not stop in %.0f s: killed", self.proc.pid,
-                           timeout)
-            self.proc.kill()
-            self.proc.wait(5)
+        for proc in self.procs:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+        deadline = time.monotonic() + timeout
+        for proc in self.procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.log.error("writer process %d did not stop in %.0f s: killed", proc.pid,
+                               timeout)
+                proc.kill()
+                proc.wait(5)
 
 
 _supervisor = None

@@ -243,17 +243,20 @@ def _nice(pid):
 
 
 @pytest.mark.parametrize("setting, expected", [(None, 0), ("5", 5)])
-def test_gunicorn_starts_one_writer_process_and_workers_at_the_nice_asked(tmp_path, setting,
-                                                                          expected):
-    """The writer is a child of the master beside the workers, at the master's priority; the
-    workers run at GUNICORN_WORKER_NICE (default 0) above it."""
+def test_gunicorn_starts_a_writer_and_a_standby_and_workers_at_the_nice_asked(
+        tmp_path, setting, expected):
+    """The writer (and its standby) are children of the master beside the workers, at the
+    master's priority; the workers run at GUNICORN_WORKER_NICE (default 0) above it."""
     env = {} if setting is None else {"GUNICORN_WORKER_NICE": setting}
     server = Gunicorn(tmp_path / "events.db", tmp_path / "gunicorn.log", workers=2, **env)
     server.start()
     try:
+        deadline = time.monotonic() + 20
+        while len(server.writer_pids()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
         writers = server.writer_pids()
         master, workers = _nice(server.master), [_nice(pid) for pid in server.worker_pids()]
-        assert len(writers) == 1 and _nice(writers[0]) == master
+        assert len(writers) == 2 and [_nice(pid) for pid in writers] == [master] * 2
         assert workers == [master + expected] * 2
     finally:
         assert server.stop() == []  # the writer too is gone after a TERM to the group
