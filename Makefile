@@ -46,7 +46,7 @@ system-deps:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-## bench: receiver vs a no-op Flask app under the same gunicorn settings (see README)
+## bench: the receiver vs validation alone, a textbook peer and a no-op app, and the writer alone (see bench/README.md)
 # e.g. make bench BENCH_ARGS="--repeat 3 --duration 15"; see bench/README.md
 BENCH_ARGS ?=
 bench: install system-deps
