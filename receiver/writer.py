@@ -8,12 +8,13 @@ fsync serves a whole batch.
 Under gunicorn the writer is a process of its own (``python -m receiver.writer``), started and
 watched by a thread of the master (``Supervisor``), the way the master itself watches workers:
 the master holds no SQLite connection when it forks workers, and a writer that dies or hangs is
-replaced within a second or two while the workers answer a fast 503. Workers reach it through a
-Unix socket in a private directory, named after the database (``endpoint_paths``), so that the
-workers of a second master (``kill -USR2``) reach the same writer; the socket file's mtime is
-the writer's heartbeat. Two writers never run on one file: the serving one holds an exclusive
-flock on ``<database>.writer-lock``, and another one waits for it. Frames are JSON with typed
-fields (``encode_request``): nothing that reaches the socket can run code.
+replaced by a standby within a fraction of a second while the workers answer a fast 503.
+Workers reach it through a Unix socket in a private directory, named after the database
+(``endpoint_paths``), so that the workers of a second master (``kill -USR2``) reach the same
+writer; the socket file's mtime is the writer's heartbeat. Two writers never run on one file:
+the serving one holds an exclusive flock on ``<database>.writer-lock``, and the others (the
+standby, a second master's) wait for it without opening the database. Frames are JSON with
+typed fields (``encode_request``): nothing that reaches the socket can run code.
 
 Without gunicorn (the Flask test client, the CLI) the app writes through an in-process
 ``GroupCommitWriter`` thread, its requests and results round-tripped through the same frames.
@@ -505,15 +506,15 @@ class WriterServer:
         _beat(path)
         self.listener.listen(512)
         self._stopped = threading.Event()
+        self._wake_lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
 
     def stop(self):
-        """Ask ``serve()`` to finish (safe from any thread or a signal handler)."""
+        """Ask ``serve()`` to finish (safe from any thread)."""
         self._stopped.set()
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:
-            pass
+        with self._wake_lock:
+            if self._wake_w is not None:
+                os.write(self._wake_w, b"x")
 
     def heartbeat(self):
         """Beat every HEARTBEAT_S until stopped (run in a thread of its own)."""
@@ -553,8 +554,10 @@ class WriterServer:
                     os.unlink(self.path)
             except OSError:
                 pass
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+            with self._wake_lock:
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+                self._wake_w = None
 
     def _serve_once(self, selector, buffers, timeout):
         batch = []
