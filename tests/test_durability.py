@@ -11,8 +11,10 @@ threads, breaks something mid-run, and then, with every process gone, checks the
 
 How things are broken (Linux; root for the last two, else they skip, saying why):
 
-- crash: SIGKILL to workers (mid-request, waiting for their commit), then to the master (whose
-  writer thread is likely inside a group commit) and all its workers; restart on the same file;
+- crash: SIGKILL to workers (mid-request, waiting for their commit), then to the whole process
+  group: the master, its workers and its writer process (likely inside a group commit) and its
+  standby; restart on the same file (the writer tests kill the writer alone:
+  test_writer_failures.py);
 - full disk: the database lives on a small tmpfs mounted for the test and filled with a
   ballast file; deleting the ballast must bring back 200s without a restart;
 - read-only file: ``chattr +i`` on the database and its WAL, later ``chattr -i``. Permission
@@ -177,8 +179,8 @@ def test_kill_9_workers_and_master_loses_nothing(tmp_path):
         for _ in range(WORKER_KILLS):
             time.sleep(0.8)
             workers = server.worker_pids()
-            # A worker killed while it waits for its commit: the writer in the master must
-            # go on committing for the others.
+            # A worker killed while it waits for its commit: the writer must go on
+            # committing for the others.
             victim = rng.choice(workers)
             os.kill(victim, signal.SIGKILL)
             kills.append("worker")
@@ -187,8 +189,8 @@ def test_kill_9_workers_and_master_loses_nothing(tmp_path):
             load.wait_for(count_status(200, 20), respawned, 10, "200s after a worker kill")
 
         time.sleep(0.8)
-        server.kill9_all()  # the master holds the writer: its batch in flight dies with it
-        kills.append("master (the writer) and workers")
+        server.kill9_all()  # the writer too: its batch in flight dies with it
+        kills.append("master, workers and writers")
         # Left as a crash leaves it: the WAL (with whatever a killed commit half-wrote) is
         # still there for the restarted receiver's SQLite to recover from.
         wal = Path(f"{db_path}-wal")
