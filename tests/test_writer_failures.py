@@ -15,7 +15,8 @@ import time
 
 import pytest
 
-from load import Bodies, Gunicorn, children, get, group_members, is_writer, summarize
+from testing.processes import Gunicorn, children, get, group_members, is_writer
+from testing.traffic import Bodies, summarize
 from receiver.writer import endpoint_paths, lock_holder
 from test_durability import Run, count_status, report
 

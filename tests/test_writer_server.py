@@ -11,7 +11,6 @@ import time
 
 import pytest
 
-from load import Gunicorn, stat_fields
 from payloads import dumps, status
 from receiver import store
 from receiver.callbacks import parse
@@ -24,6 +23,7 @@ from receiver.writer import (
     encode_request,
     max_frame,
 )
+from testing.processes import Gunicorn, stat_fields
 
 
 @pytest.fixture
