@@ -462,6 +462,7 @@ def writer_alone(args, bodies, run_dir):
     """
     from receiver import db as receiver_db
     from receiver.callbacks import parse
+    from receiver.rows import plan
     from receiver.config import load_settings
     from receiver.signatures import Verifier
     from receiver.store import Delivery, utcnow
@@ -481,7 +482,8 @@ def writer_alone(args, bodies, run_dir):
         delivery = Delivery(body, TARGET_PATH, received_at, "127.0.0.1", "wrk",
                             "application/json", authorization or None)
         signature = verifier.check(delivery.authorization, body, delivery.received_epoch)
-        frames.append(encode_request("store_callback", (parse(body), delivery, signature), {}))
+        # What a worker sends: the rows planned where the request is (as routes.receive does).
+        frames.append(encode_request("store_planned", (plan(parse(body), delivery, signature),), {}))
     batches = [frames[i:i + args.writer_batch] for i in range(0, len(frames), args.writer_batch)]
 
     receiver_db.init_db(settings.db_path)
