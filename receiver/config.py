@@ -46,8 +46,8 @@ class Settings:
     # "user:password" for HTTP Basic auth on the webhook routes (instead of signatures).
     basic_auth: str = ""
     # gunicorn (config/gunicorn.conf.py): worker processes, their class and threads, how much
-    # lower their CPU priority is than the writer process's (whose commits every request waits for),
-    # when a stuck one is restarted or any one recycled, and the access log ("": none).
+    # lower their CPU priority is than the writer process's (every request waits for it), when
+    # a stuck one is restarted or any one recycled, and the access log ("": none).
     web_concurrency: int = field(default_factory=default_workers)
     worker_class: str = "sync"
     threads: int = 1
