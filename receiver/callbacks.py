@@ -54,10 +54,6 @@ class Rejection(Exception):
         self.message = message
         self.errors = errors or {}
 
-    def __reduce__(self):
-        # Pickled to the writer process with the rejection it stores.
-        return (Rejection, (self.http_status, self.reason, self.message, self.errors))
-
     def as_json(self):
         """The response body and the stored error: status, typed reason, errors by field."""
         return {

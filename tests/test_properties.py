@@ -612,6 +612,10 @@ def test_any_invalid_callback_is_refused_with_field_errors_and_kept(store, categ
     response = store.post(raw, KIND_ENDPOINT[kind])
     answer = assert_rejected_and_kept(store, before, response, raw, 422)
     assert answer["reason"] == "schema_error"
+    if path[:1] in (("to",), ("from",)) and isinstance(body.get(path[0]), str) and "channel" not in body:
+        # A string address makes the body a Messages API v1 status: its v1 schema then names
+        # what such a body lacks, the top-level channel.
+        path = ("channel",)
     error_at(answer["errors"]["json"], path)
 
 
