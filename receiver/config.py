@@ -55,6 +55,8 @@ class Settings:
     worker_timeout_s: int = 30
     max_requests: int = 0
     access_log: str = "-"
+    # `receiver prune --retention` removes event rows older than this many days (0: off).
+    retention_days: int = 0
 
 
 # Setting name -> (environment variable, parser)
@@ -84,6 +86,7 @@ ENVIRONMENT = {
     "worker_timeout_s": ("GUNICORN_TIMEOUT", int),
     "max_requests": ("GUNICORN_MAX_REQUESTS", int),
     "access_log": ("GUNICORN_ACCESS_LOG", str),
+    "retention_days": ("RECEIVER_RETENTION_DAYS", int),
 }
 
 # Settings for which an empty variable is a value, not "unset" (GUNICORN_ACCESS_LOG="": none).
@@ -125,6 +128,8 @@ def load_settings(environ=None, **overrides):
     for name in ("max_body_bytes", "web_concurrency", "threads"):
         if getattr(settings, name) <= 0:
             raise ValueError(f"{ENVIRONMENT[name][0]} must be positive, not {getattr(settings, name)}")
+    if settings.retention_days < 0:
+        raise ValueError(f"RECEIVER_RETENTION_DAYS must be 0 (off) or a number of days, not {settings.retention_days}")
     return settings
 
 

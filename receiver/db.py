@@ -208,6 +208,23 @@ CREATE TABLE IF NOT EXISTS receiver_health (
     checked_at TEXT NOT NULL,
     pid INTEGER
 );
+
+CREATE TABLE IF NOT EXISTS prunes (
+    -- Retention (receiver/prune.py): each `receiver prune` run, and in pruned_keys the keys
+    -- of derived rows whose events it removed, kept as they stand (a rebuild leaves them alone).
+    id INTEGER PRIMARY KEY,
+    before TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    removed TEXT,
+    kept TEXT
+);
+
+CREATE TABLE IF NOT EXISTS pruned_keys (
+    table_name TEXT NOT NULL,
+    key TEXT NOT NULL,
+    PRIMARY KEY (table_name, key)
+) WITHOUT ROWID;
 """
 
 

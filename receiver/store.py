@@ -318,11 +318,13 @@ def refresh_messages_workflow(conn, workflow_id):
 
 def refresh_all_workflows(conn):
     """Recompute every ``workflows`` row (a rebuild, or the migration that adds the table)."""
-    for (dispatch_uuid,) in conn.execute("SELECT dispatch_uuid FROM dispatches").fetchall():
+    for (dispatch_uuid,) in conn.execute(
+        f"SELECT dispatch_uuid FROM dispatches WHERE dispatch_uuid NOT IN {_pruned('workflows')}"
+    ).fetchall():
         conn.execute(REFRESH_DISPATCH_WORKFLOW, {"d": dispatch_uuid})
     workflow_ids = conn.execute(
         "SELECT DISTINCT workflow_id FROM messages WHERE workflow_id IS NOT NULL "
-        "AND dispatch_uuid IS NULL").fetchall()
+        f"AND dispatch_uuid IS NULL AND workflow_id NOT IN {_pruned('workflows')}").fetchall()
     for (workflow_id,) in workflow_ids:
         refresh_messages_workflow(conn, workflow_id)
 
@@ -364,22 +366,32 @@ def record_health(conn, pid):
     )
 
 
+def _pruned(table):
+    """SQL for the keys of ``table`` whose events `receiver prune` removed (receiver/prune.py):
+    their rows cannot be recomputed from what is left, so a rebuild keeps them as they stand."""
+    return f"(SELECT key FROM pruned_keys WHERE table_name = '{table}')"
+
+
 def rebuild_derived(conn):
-    """Recompute every ``messages`` and ``dispatches`` row from the event log.
+    """Recompute every ``messages`` and ``dispatches`` row from the event log, except rows
+    whose events were pruned (kept as they stand).
 
     Runs inside the caller's transaction; the merge rules are order-independent, so replaying
     events in id order gives the rows that any arrival order would have.
     """
-    conn.execute("DELETE FROM messages")
-    conn.execute("DELETE FROM dispatches")
-    conn.execute("DELETE FROM workflows")
+    conn.execute(f"DELETE FROM messages WHERE message_uuid NOT IN {_pruned('messages')}")
+    conn.execute(f"DELETE FROM dispatches WHERE dispatch_uuid NOT IN {_pruned('dispatches')}")
+    conn.execute(f"DELETE FROM workflows WHERE workflow_id NOT IN {_pruned('workflows')}")
     columns = [c[1] for c in conn.execute("PRAGMA table_info(status_events)")]
-    for values in conn.execute("SELECT * FROM status_events ORDER BY id").fetchall():
+    for values in conn.execute(
+        f"SELECT * FROM status_events WHERE message_uuid NOT IN {_pruned('messages')} ORDER BY id"
+    ).fetchall():
         _merge_message(conn, rows.message_from_status(dict(zip(columns, values))))
     items = conn.execute(
         """SELECT m.message_uuid, m.dispatch_uuid, m.channel, m.position, m.status,
                   m.status_rank, m.price, m.price_nano, m.currency, r.timestamp
            FROM final_report_messages m JOIN final_reports r ON r.id = m.final_report_id
+           WHERE m.message_uuid NOT IN """ + _pruned("messages") + """
            ORDER BY m.id"""
     ).fetchall()
     keys = ("message_uuid", "dispatch_uuid", "channel", "position", "status", "status_rank",
@@ -389,7 +401,8 @@ def rebuild_derived(conn):
                                                            {"timestamp": report_timestamp}))
     dispatch_uuids = conn.execute(
         "SELECT dispatch_uuid FROM messages WHERE dispatch_uuid IS NOT NULL "
-        "UNION SELECT dispatch_uuid FROM final_reports"
+        "UNION SELECT dispatch_uuid FROM final_reports "
+        f"EXCEPT SELECT key FROM {_pruned('dispatches')}"
     ).fetchall()
     for (dispatch_uuid,) in dispatch_uuids:
         conn.execute(REFRESH_DISPATCH, {"d": dispatch_uuid})
