@@ -467,5 +467,173 @@ def simulate_command(database, count, url, secret, seed, days, concurrency, api,
 cli.add_command(datasette_command)
 
 
+
+# --- operations: backup, restore, prune, archive (receiver/backup.py, prune.py, archive.py) ---
+
+
+def _existing_database(settings):
+    """The database file named by the settings; one clear error when it does not exist
+    (so that read-only commands never create one)."""
+    import os
+
+    if not os.path.isfile(settings.db_path):
+        raise click.ClickException(f"{settings.db_path}: no such database file")
+    return settings.db_path
+
+
+def _pages_bar(label):
+    """A progress bar over pages copied, and the callback that moves it."""
+    bar = click.progressbar(length=1, label=label, file=sys.stderr)
+
+    def update(done, total):
+        bar.length = max(total, 1)
+        bar.update(done - bar.pos)
+
+    return bar, update
+
+
+@cli.command("backup")
+@database_option
+@click.argument("destination", type=click.Path())
+@click.option("--force", is_flag=True, help="Replace DESTINATION if it exists.")
+def backup_command(database, destination, force):
+    """Copy the database to DESTINATION while the receiver keeps running.
+
+    The copy is one consistent snapshot (every callback acknowledged before the backup
+    started is in it), checked with PRAGMA integrity_check before it is put in place. When
+    DESTINATION is a directory, the copy is named after the database and the UTC time
+    (events-20261202T031500Z.db). An existing file is replaced only with --force.
+
+    Example: receiver backup /var/backups/receiver/
+    """
+    from . import backup
+
+    settings = _settings(database)
+    source = _existing_database(settings)
+    bar, update = _pages_bar("Backing up")
+    try:
+        with bar:
+            target, counts = backup.backup(source, destination, force=force, progress=update)
+    except backup.BackupError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"{target}: integrity ok; {counts.get('callbacks', 0)} callbacks, "
+               f"{counts.get('messages', 0)} messages, {counts.get('dispatches', 0)} dispatches", err=True)
+    click.echo(target)
+
+
+@cli.command("restore")
+@database_option
+@click.argument("source", type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True, help="Restore even while a process (the receiver, Datasette) has the database open.")
+def restore_command(database, source, force):
+    """Replace the database with the backup SOURCE, after checking it.
+
+    SOURCE must pass PRAGMA integrity_check and be a receiver database whose schema is not
+    newer than this receiver's. While a process has the database open (a running receiver or
+    Datasette, seen from the lock SQLite holds on its -shm file), the restore is refused:
+    stop them first, or pass --force to copy into the live database through SQLite's locks.
+
+    Example: receiver restore /var/backups/receiver/events-20261202T031500Z.db
+    """
+    from . import backup
+
+    settings = _settings(database)
+    bar, update = _pages_bar("Restoring")
+    try:
+        with bar:
+            counts = backup.restore(source, settings.db_path, force=force, progress=update,
+                                    synchronous=settings.synchronous)
+    except backup.BackupError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"{settings.db_path}: restored from {source}; integrity ok; "
+               f"{counts.get('callbacks', 0)} callbacks, {counts.get('messages', 0)} messages", err=True)
+
+
+@cli.command("prune")
+@database_option
+@click.option("--before", type=Day(), help="Remove event rows that arrived before this day (YYYY-MM-DD, UTC).")
+@click.option("--retention", is_flag=True, help="Use RECEIVER_RETENTION_DAYS: before today minus that many days "
+              "(does nothing when it is 0 or unset).")
+@click.option("--dry-run", is_flag=True, help="Report what would be removed; change nothing.")
+@click.option("--batch-size", default=500, show_default=True, type=click.IntRange(1, 100_000),
+              help="Rows per transaction.")
+def prune_command(database, before, retention, dry_run, batch_size):
+    """Remove raw bodies and event rows that arrived before a day, keeping derived rows.
+
+    Removes rows of callbacks, status_events, final_reports, final_report_messages and
+    rejected_callbacks by received_at, in small transactions so the receiver keeps answering.
+    Keeps messages, dispatches and every other derived table, so billing (the billing_lines
+    view reads messages) is unchanged. Rows whose events were removed are listed in
+    pruned_keys and kept as they stand by `receiver rebuild` and `receiver check`; each run is
+    recorded in prunes.
+
+    Example: receiver prune --before 2026-06-01 --dry-run
+    """
+    from datetime import datetime, timedelta, timezone
+
+    from . import prune
+
+    settings = _settings(database)
+    if retention == (before is not None):
+        raise click.UsageError("give either --before DAY or --retention")
+    if retention:
+        if not settings.retention_days:
+            click.echo("retention is off (RECEIVER_RETENTION_DAYS is 0 or unset): nothing removed", err=True)
+            return
+        before = datetime.now(timezone.utc).date() - timedelta(days=settings.retention_days)
+    path = _existing_database(settings)
+    conn = db.connect_settings(settings, readonly=dry_run) if dry_run else db.connect_settings(settings)
+    if dry_run:
+        result = prune.dry_run(conn, before)
+    else:
+        total = sum(prune.count(conn, before).values())
+        with _progress(total, f"Pruning before {before}") as bar:
+            result = prune.prune(conn, before, batch_size=batch_size, progress=bar.update)
+    verb = "would remove" if dry_run else "removed"
+    removed = ", ".join(f"{n} {table}" for table, n in result.removed.items())
+    kept = ", ".join(f"{n} {table}" for table, n in result.kept.items())
+    click.echo(f"{path}: {verb} rows that arrived before {before}: {removed}", err=True)
+    click.echo(f"kept: {kept}", err=True)
+    if result.frozen:
+        click.echo("kept as they stand (events removed): " + ", ".join(
+            f"{n} {table}" for table, n in result.frozen.items()), err=True)
+
+
+@cli.command("archive")
+@database_option
+@click.option("--month", required=True, help="The month to write (YYYY-MM), by arrival time (UTC).")
+@click.option("--name", default="part", show_default=True,
+              help="File name prefix: give each receiver sharing DIRECTORY its own.")
+@click.argument("directory", type=click.Path(file_okay=False))
+def archive_command(database, month, name, directory):
+    """Write one month of every table as Parquet: DIRECTORY/<table>/month=YYYY-MM/<name>-0.parquet.
+
+    Event rows that arrived in the month, and the derived rows (messages, dispatches...) as
+    they stand now whose first event arrived in it. Money stays exact (int64 *_nano, decimal
+    text, DECIMAL(18,9) *_decimal), bodies byte-exact. Running it again replaces the month's
+    files. Query the archive with DuckDB, Spark, Trino or Athena.
+
+    Example: receiver archive --month 2026-11 /srv/archive && duckdb -c "SELECT count(*) FROM read_parquet('/srv/archive/callbacks/*/*.parquet', hive_partitioning=true)"
+    """
+    from . import archive
+
+    settings = _settings(database)
+    path = _existing_database(settings)
+    try:
+        archive.month_range(month)
+        if not archive.NAME.fullmatch(name):
+            raise archive.ArchiveError(f"{name!r} is not a receiver name (letters, digits, '.', '_', '-')")
+        conn = db.connect_settings(settings, readonly=True)
+        total = sum(archive.count_rows(conn, month).values())
+        with _progress(total, f"Archiving {month}") as bar:
+            written, skipped = archive.archive(conn, month, directory, name=name,
+                                               source=path, progress=bar.update)
+    except (archive.ArchiveError, OSError) as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"{directory}: {month}: " + ", ".join(f"{n} {table}" for table, n in written.items()), err=True)
+    if skipped:
+        click.echo("not archived (no arrival time nor event key): " + ", ".join(skipped), err=True)
+
+
 if __name__ == "__main__":  # pragma: no cover
     cli()
