@@ -74,6 +74,11 @@ def integrity(conn):
     return [row[0] for row in conn.execute("PRAGMA integrity_check")]
 
 
+def _first_problems(problems, limit=3):
+    """The first integrity problems on one line (SQLite's own text spans several)."""
+    return " ".join("; ".join(problems[:limit]).split())
+
+
 def backup_path(destination, source, now=None):
     """The file a backup writes: ``destination`` itself, or inside a directory a name with
     the source's name and the UTC time (``events-20261202T031500Z.db``)."""
@@ -119,7 +124,7 @@ def backup(source, destination, *, force=False, progress=None):
                                      progress(count - remaining, count)) if progress else None)
                 problems = integrity(dst)
                 if problems != ["ok"]:
-                    raise BackupError(f"the copy failed its integrity check: {'; '.join(problems[:3])}")
+                    raise BackupError(f"the copy failed its integrity check: {_first_problems(problems)}")
                 counts = table_counts(dst)
             src.execute("COMMIT")
             os.replace(temporary, target)
@@ -151,7 +156,7 @@ def check_backup(path):
         except sqlite3.DatabaseError as error:
             raise BackupError(f"{path}: not a readable SQLite database ({error})") from None
     if problems != ["ok"]:
-        raise BackupError(f"{path} failed its integrity check: {'; '.join(problems[:3])}")
+        raise BackupError(f"{path} failed its integrity check: {_first_problems(problems)}")
     if version == 0 or "callbacks" not in tables:
         raise BackupError(f"{path} is not a receiver database (no schema version or callbacks table)")
     if version > db.SCHEMA_VERSION:
@@ -195,5 +200,5 @@ def restore(source, target, *, force=False, progress=None, synchronous="FULL"):
         problems = integrity(conn)
         if problems != ["ok"]:
             raise BackupError(f"{target} failed its integrity check after the restore: "
-                              f"{'; '.join(problems[:3])}")
+                              f"{_first_problems(problems)}")
         return table_counts(conn)

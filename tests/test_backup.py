@@ -1,0 +1,207 @@
+"""`receiver backup` and `receiver restore`: consistent copies under real ingest, checked
+restores that refuse a database a running receiver holds."""
+
+import sqlite3
+import subprocess
+import time
+from contextlib import closing
+from datetime import datetime, timezone
+
+import pytest
+from load import (
+    Bodies,
+    Gunicorn,
+    LoadGenerator,
+    acknowledged,
+    integrity_check,
+    receiver_check,
+    receiver_environment,
+    stored_hashes,
+    summarize,
+)
+from servers import ROOT, VENV_BIN
+
+from receiver import backup, db, simulate
+
+START = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def seed(path, dispatches=300, seed_=1, start=START, days=90):
+    """Store simulated workflows through the receiver's own storage code."""
+    with closing(db.connect(str(path))) as conn:
+        simulate.store_all(simulate.generate(dispatches, seed=seed_, start=start, days=days), conn)
+
+
+def receiver(*args, db_path, timeout=120):
+    """Run the installed ``receiver`` command as an operator would: (exit code, stdout, stderr)."""
+    result = subprocess.run(
+        [str(VENV_BIN / "receiver"), *args], cwd=ROOT, env=receiver_environment(db_path, 0),
+        capture_output=True, text=True, timeout=timeout,
+    )
+    return result.returncode, result.stdout, result.stderr
+
+
+def count(path, table="callbacks"):
+    with closing(sqlite3.connect(str(path))) as conn:
+        return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+def test_backup_under_load_holds_every_acknowledged_callback(db_path, tmp_path):
+    seed(db_path)
+    server = Gunicorn(db_path, tmp_path / "gunicorn.log", workers=2).start()
+    generator = LoadGenerator(server.port, Bodies(seed=12), threads=4)
+    # A long read (a Datasette query, say) keeps checkpoints behind it: every callback stored
+    # during the test stays in the WAL, so a copy of the main file alone would miss them all.
+    reader = sqlite3.connect(str(db_path))
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM callbacks").fetchone()
+    try:
+        generator.start()
+        generator.wait_for(lambda seen: len(acknowledged(seen)) >= 200, 0, 30, "200 acknowledged")
+        started = time.monotonic()
+        code, out, err = receiver("backup", str(tmp_path / "copy.db"), db_path=db_path)
+        finished = time.monotonic()
+        generator.wait_for(lambda seen: len(acknowledged(seen)) >= 50, finished, 30,
+                           "ingest after the backup")
+    finally:
+        reader.close()
+        outcomes = generator.stop()
+        problems = server.stop()
+    assert code == 0, err
+    assert out.strip() == str(tmp_path / "copy.db")
+    assert problems == []
+    assert summarize(outcomes).keys() == {200}, summarize(outcomes)
+    before = {o.sha256 for o in acknowledged(outcomes) if o.ended < started}
+    during = [o for o in outcomes if o.started < finished and o.ended > started]
+    assert len(before) >= 200 and during, "the backup must run while callbacks are acknowledged"
+    copied, recomputed = stored_hashes(tmp_path / "copy.db")
+    assert before <= copied, f"{len(before - copied)} acknowledged callbacks missing from the copy"
+    assert copied == recomputed  # bodies byte-exact
+    assert count(tmp_path / "copy.db") < count(db_path)  # a snapshot, not the end state
+    assert integrity_check(tmp_path / "copy.db") == ["ok"]
+    assert receiver_check(tmp_path / "copy.db")[0] == 0
+
+
+def test_backup_refuses_to_overwrite_and_names_files_in_a_directory(runner, db_path, tmp_path):
+    seed(db_path, dispatches=20)
+    target = tmp_path / "copy.db"
+    target.write_bytes(b"precious")
+    result = runner.invoke(["backup", "--db", str(db_path), str(target)])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1] == (
+        f"Error: {target} exists; choose another file or pass --force to replace it")
+    assert target.read_bytes() == b"precious"
+    assert runner.invoke(["backup", "--db", str(db_path), "--force", str(target)]).exit_code == 0
+    assert count(target) == count(db_path)
+
+    folder = tmp_path / "backups"
+    folder.mkdir()
+    result = runner.invoke(["backup", "--db", str(db_path), str(folder)])
+    assert result.exit_code == 0, result.output
+    (made,) = folder.iterdir()
+    assert made.name.startswith("events-") and made.suffix == ".db"
+    assert result.stdout.strip() == str(made)
+    assert sorted(p.name for p in tmp_path.iterdir() if ".partial" in p.name) == []
+
+
+def test_backup_of_a_missing_database_creates_nothing(runner, tmp_path):
+    result = runner.invoke(["backup", "--db", str(tmp_path / "none.db"), str(tmp_path / "copy.db")])
+    assert result.exit_code == 1
+    assert result.output.strip() == f"Error: {tmp_path / 'none.db'}: no such database file"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_restore_refuses_a_database_a_running_receiver_holds(db_path, tmp_path):
+    seed(db_path, dispatches=50)
+    saved = tmp_path / "saved.db"
+    backup.backup(str(db_path), str(saved))
+    server = Gunicorn(db_path, tmp_path / "gunicorn.log", workers=2).start()
+    generator = LoadGenerator(server.port, Bodies(seed=13), threads=2)
+    try:
+        generator.start()
+        generator.wait_for(lambda seen: len(acknowledged(seen)) >= 50, 0, 30, "ingest")
+        code, _, err = receiver("restore", str(saved), db_path=db_path)
+        assert code == 1
+        assert err.strip().splitlines()[-1] == (
+            f"Error: {db_path} is in use by process {server.master} (a running receiver or "
+            f"Datasette); stop it first, or pass --force to restore into the live database")
+        # --force copies through SQLite's locks: the receiver goes on storing, on the backup.
+        code, _, err = receiver("restore", "--force", str(saved), db_path=db_path)
+        assert code == 0, err
+        restored_at = time.monotonic()
+        generator.wait_for(lambda seen: len(acknowledged(seen)) >= 50, restored_at, 30,
+                           "ingest after the restore")
+    finally:
+        outcomes = generator.stop()
+        problems = server.stop()
+    assert problems == []
+    after = {o.sha256 for o in acknowledged(outcomes) if o.started > restored_at}
+    stored, _ = stored_hashes(db_path)
+    saved_hashes, _ = stored_hashes(saved)
+    assert saved_hashes | after <= stored
+    assert receiver_check(db_path)[0] == 0
+    # Once nothing holds the file, no --force is needed.
+    assert backup.holder_of(str(db_path)) is None
+    code, _, err = receiver("restore", str(saved), db_path=db_path)
+    assert code == 0, err
+    assert stored_hashes(db_path)[0] == saved_hashes
+
+
+def test_restore_checks_the_backup_first(runner, db_path, tmp_path):
+    seed(db_path, dispatches=30)
+    live = count(db_path)
+
+    def restore(source):
+        result = runner.invoke(["restore", "--db", str(db_path), str(source)])
+        assert result.exit_code == 1
+        assert count(db_path) == live  # untouched
+        return result.output.strip().splitlines()[-1]
+
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"not a database" * 1000)
+    assert restore(junk).startswith(f"Error: {junk}: not a readable SQLite database")
+
+    other = tmp_path / "other.db"
+    with closing(sqlite3.connect(str(other))) as conn:
+        conn.execute("CREATE TABLE t (x)")
+    assert restore(other) == f"Error: {other} is not a receiver database (no schema version or callbacks table)"
+
+    newer = tmp_path / "newer.db"
+    backup.backup(str(db_path), str(newer))
+    with closing(sqlite3.connect(str(newer))) as conn:
+        conn.execute(f"PRAGMA user_version = {db.SCHEMA_VERSION + 1}")
+    assert restore(newer) == (f"Error: {newer} has schema version {db.SCHEMA_VERSION + 1}, newer "
+                              f"than this receiver's {db.SCHEMA_VERSION}; restore it with a newer receiver")
+
+    broken = tmp_path / "broken.db"
+    backup.backup(str(db_path), str(broken))
+    with closing(sqlite3.connect(str(broken))) as conn:
+        root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'callbacks_received_at'").fetchone()[0]
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    with open(broken, "r+b") as file:  # scribble over an index page: the tables still read
+        file.seek((root - 1) * page_size + 8)
+        file.write(b"\x00\x07" * 200)
+    assert restore(broken).startswith(f"Error: {broken} failed its integrity check")
+
+    assert restore(tmp_path / "absent.db") == f"Error: {tmp_path / 'absent.db'}: no such database file"
+    assert not (tmp_path / "absent.db").exists()
+
+
+def test_restore_into_a_new_file_migrates_and_passes_check(runner, db_path, tmp_path):
+    seed(db_path, dispatches=30)
+    saved = tmp_path / "saved.db"
+    backup.backup(str(db_path), str(saved))
+    target = tmp_path / "restored" / "events.db"
+    target.parent.mkdir()
+    result = runner.invoke(["restore", "--db", str(target), str(saved)])
+    assert result.exit_code == 0, result.output
+    assert stored_hashes(target)[0] == stored_hashes(db_path)[0]
+    with closing(sqlite3.connect(str(target))) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert runner.invoke(["check", "--db", str(target)]).exit_code == 0
+
+
+@pytest.mark.parametrize("command", ["backup", "restore"])
+def test_help_has_an_example(runner, command):
+    result = runner.invoke([command, "--help"])
+    assert result.exit_code == 0 and "Example: receiver " + command in result.output
