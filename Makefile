@@ -37,7 +37,8 @@ test: install system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Debian packages the tests and benchmarks use, installed when missing (needs root or sudo).
-SYSTEM_PACKAGES := wrk chromium
+# nginx and openssl: tests/test_deploy.py runs deploy/nginx/ for real with a throwaway certificate.
+SYSTEM_PACKAGES := wrk chromium nginx openssl
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
