@@ -163,3 +163,11 @@ def test_missing_database_is_not_created(runner, tmp_path):
 def test_help_has_an_example(runner):
     result = runner.invoke(["archive", "--help"])
     assert result.exit_code == 0 and "Example: receiver archive --month" in result.output
+
+
+@pytest.mark.parametrize("month, expected", [
+    ("2026-01", ("2026-01-01", "2026-02-01")),
+    ("2026-12", ("2026-12-01", "2027-01-01")),
+])
+def test_a_month_covers_its_days_and_no_more(month, expected):
+    assert archive.month_range(month) == expected
