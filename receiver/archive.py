@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import money
-from .prune import BOOKKEEPING
+from .prune import BOOKKEEPING, key_columns
 
 BATCH_ROWS = 5_000
 MONTH = re.compile(r"(\d{4})-(0[1-9]|1[0-2])")
@@ -106,18 +106,23 @@ def plan(conn, month):
         if table in events or table in BOOKKEEPING:
             continue
         primary = [row[1] for row in conn.execute(f"PRAGMA table_info([{table}])") if row[5]]
-        sources = [(source, received) for event, (source, received) in events.items()
-                   if len(primary) == 1 and primary[0] in {n for n, _ in _columns(conn, event)}]
-        if not sources:
+        if len(primary) != 1:
             skipped.append(table)
             continue
         key = primary[0]
+        # (event source, its arrival time, the event column holding this table's keys)
+        sources = [(source, received, column) for event, (source, received) in events.items()
+                   for column in key_columns(table, key)
+                   if column in {n for n, _ in _columns(conn, event)}]
+        if not sources:
+            skipped.append(table)
+            continue
         in_month = " UNION ".join(
-            f"SELECT t.[{key}] FROM {source} WHERE {received} >= :start AND {received} < :end"
-            for source, received in sources)
+            f"SELECT t.[{column}] FROM {source} WHERE {received} >= :start AND {received} < :end"
+            for source, received, column in sources)
         earlier = " AND ".join(
-            f"NOT EXISTS (SELECT 1 FROM {source} WHERE t.[{key}] = d.[{key}] AND {received} < :start)"
-            for source, received in sources)
+            f"NOT EXISTS (SELECT 1 FROM {source} WHERE t.[{column}] = d.[{key}] AND {received} < :start)"
+            for source, received, column in sources)
         selects[table] = (
             f"SELECT d.* FROM [{table}] d WHERE d.[{key}] IN ({in_month}) AND {earlier} "
             f"AND d.[{key}] NOT IN (SELECT key FROM pruned_keys WHERE table_name = '{table}') "

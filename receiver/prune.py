@@ -62,6 +62,15 @@ WOULD_REMOVE = {
 # Tables that are neither events nor derived rows.
 BOOKKEEPING = ("receiver_health", "prunes", "pruned_keys")
 
+# Event columns that also hold a derived table's keys, besides its own key column: a Dispatch
+# workflow's ``workflows`` row is keyed by its dispatch_uuid.
+ALSO_KEYED_BY = {"workflows": ("dispatch_uuid",)}
+
+
+def key_columns(derived, key):
+    """The event columns whose values are keys of the derived table ``derived``."""
+    return (key, *ALSO_KEYED_BY.get(derived, ()))
+
 
 @dataclass
 class PruneResult:
@@ -81,7 +90,7 @@ def tables(conn):
 
 def derived_keys(conn):
     """{derived table: its one-column primary key}: every table that is not an event table
-    nor bookkeeping, keyed by one column (messages.message_uuid, dispatches.dispatch_uuid...)."""
+    nor bookkeeping, keyed by one column (messages.message_uuid, workflows.workflow_id...)."""
     keys = {}
     for table in tables(conn):
         if table in EVENT_TABLES or table in BOOKKEEPING:
@@ -108,12 +117,13 @@ def _freeze(conn, table, ids, keys):
     columns = _columns(conn, table)
     marks = ", ".join("?" * len(ids))
     for derived, key in keys.items():
-        if key in columns:
-            conn.execute(
-                f"INSERT OR IGNORE INTO pruned_keys (table_name, key) "
-                f"SELECT ?, [{key}] FROM [{table}] WHERE id IN ({marks}) AND [{key}] IS NOT NULL",
-                [derived, *ids],
-            )
+        for column in key_columns(derived, key):
+            if column in columns:
+                conn.execute(
+                    f"INSERT OR IGNORE INTO pruned_keys (table_name, key) SELECT ?, [{column}] "
+                    f"FROM [{table}] WHERE id IN ({marks}) AND [{column}] IS NOT NULL",
+                    [derived, *ids],
+                )
 
 
 def prune(conn, before, *, batch_size=BATCH_SIZE, progress=None):

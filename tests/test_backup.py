@@ -26,10 +26,12 @@ from receiver import backup, db, simulate
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
-def seed(path, dispatches=300, seed_=1, start=START, days=90):
-    """Store simulated workflows through the receiver's own storage code."""
+def seed(path, dispatches=300, seed_=1, start=START, days=90, api="mixed"):
+    """Store simulated workflows (Dispatch and Messages API v1) through the receiver's own
+    storage code."""
     with closing(db.connect(str(path))) as conn:
-        simulate.store_all(simulate.generate(dispatches, seed=seed_, start=start, days=days), conn)
+        simulate.store_all(simulate.generate(dispatches, seed=seed_, start=start, days=days, api=api),
+                           conn)
 
 
 def receiver(*args, db_path, timeout=120):

@@ -45,20 +45,21 @@ def add_rejection(path, received_at, body=b"\xff not json"):
 @pytest.fixture
 def store(db_path):
     """A store with three months of simulated traffic, a rejection on each side of the cutoff
-    and a derived table the receiver does not know (as Messages API v1's workflows will be)."""
+    and a derived table the receiver does not know (one added later must be kept too)."""
     seed(db_path, dispatches=400)
     add_rejection(db_path, "2026-01-10T00:00:00.000000Z")
     add_rejection(db_path, "2026-03-10T00:00:00.000000Z")
     with closing(db.connect(str(db_path))) as conn:
-        conn.execute("CREATE TABLE workflows (workflow_id TEXT PRIMARY KEY, status TEXT)")
-        conn.execute("INSERT INTO workflows VALUES ('w1', 'completed'), ('w2', 'failed')")
+        conn.execute("CREATE TABLE campaign_totals (campaign TEXT PRIMARY KEY, total_nano INTEGER)")
+        conn.execute("INSERT INTO campaign_totals VALUES ('spring', 120), ('summer', 7)")
     return db_path
 
 
 def test_prune_removes_old_events_keeps_derived_rows_and_billing(runner, store):
     before = counts(store)
     exports = {by: billing(runner, store, by) for by in ("message", "dispatch", "day")}
-    derived = {t: digest(store, f"SELECT * FROM {t} ORDER BY 1") for t in ("messages", "dispatches", "workflows")}
+    derived = {t: digest(store, f"SELECT * FROM {t} ORDER BY 1")
+               for t in ("messages", "dispatches", "workflows", "campaign_totals")}
     with closing(sqlite3.connect(str(store))) as conn:
         expected = {t: conn.execute(f"SELECT count(*) FROM {t} WHERE received_at < ?", (CUTOFF,)).fetchone()[0]
                     for t in ("callbacks", "status_events", "final_reports", "rejected_callbacks")}
@@ -91,7 +92,7 @@ def test_prune_removes_old_events_keeps_derived_rows_and_billing(runner, store):
     # check and rebuild know what was pruned.
     assert runner.invoke(["check", "--db", str(store)]).exit_code == 0
     assert runner.invoke(["rebuild", "--db", str(store)]).exit_code == 0
-    for table in ("messages", "dispatches"):
+    for table in ("messages", "dispatches", "workflows"):
         assert digest(store, f"SELECT * FROM {table} ORDER BY 1") == derived[table], table
     check = runner.invoke(["check", "--db", str(store)])
     assert check.exit_code == 0, check.output
