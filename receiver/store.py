@@ -373,8 +373,8 @@ def _pruned(table):
 
 
 def rebuild_derived(conn):
-    """Recompute every ``messages`` and ``dispatches`` row from the event log, except rows
-    whose events were pruned (kept as they stand).
+    """Recompute every derived row (``messages``, ``dispatches``, ``workflows``) from the event
+    log, except rows whose events were pruned (kept as they stand).
 
     Runs inside the caller's transaction; the merge rules are order-independent, so replaying
     events in id order gives the rows that any arrival order would have.
