@@ -471,16 +471,6 @@ cli.add_command(datasette_command)
 # --- operations: backup, restore, prune, archive (receiver/backup.py, prune.py, archive.py) ---
 
 
-def _existing_database(settings):
-    """The database file named by the settings; one clear error when it does not exist
-    (so that read-only commands never create one)."""
-    import os
-
-    if not os.path.isfile(settings.db_path):
-        raise click.ClickException(f"{settings.db_path}: no such database file")
-    return settings.db_path
-
-
 def _pages_bar(label):
     """A progress bar over pages copied, and the callback that moves it."""
     bar = click.progressbar(length=1, label=label, file=sys.stderr)
@@ -509,7 +499,8 @@ def backup_command(database, destination, force):
     from . import backup
 
     settings = _settings(database)
-    source = _existing_database(settings)
+    db.open_existing(settings, readonly=True).close()  # one clear line if it is not there
+    source = settings.db_path
     bar, update = _pages_bar("Backing up")
     try:
         with bar:
@@ -581,8 +572,8 @@ def prune_command(database, before, retention, dry_run, batch_size):
             click.echo("retention is off (RECEIVER_RETENTION_DAYS is 0 or unset): nothing removed", err=True)
             return
         before = datetime.now(timezone.utc).date() - timedelta(days=settings.retention_days)
-    path = _existing_database(settings)
-    conn = db.connect_settings(settings, readonly=dry_run) if dry_run else db.connect_settings(settings)
+    path = settings.db_path
+    conn = db.open_existing(settings, readonly=dry_run)
     if dry_run:
         result = prune.dry_run(conn, before)
     else:
@@ -613,17 +604,17 @@ def archive_command(database, month, name, directory):
     text, DECIMAL(18,9) *_decimal), bodies byte-exact. Running it again replaces the month's
     files. Query the archive with DuckDB, Spark, Trino or Athena.
 
-    Example: receiver archive --month 2026-11 /srv/archive && duckdb -c "SELECT count(*) FROM read_parquet('/srv/archive/callbacks/*/*.parquet', hive_partitioning=true)"
+    Example: receiver archive --month 2026-11 --name eu-1 /srv/archive
     """
     from . import archive
 
     settings = _settings(database)
-    path = _existing_database(settings)
+    path = settings.db_path
     try:
         archive.month_range(month)
         if not archive.NAME.fullmatch(name):
             raise archive.ArchiveError(f"{name!r} is not a receiver name (letters, digits, '.', '_', '-')")
-        conn = db.connect_settings(settings, readonly=True)
+        conn = db.open_existing(settings, readonly=True)
         total = sum(archive.count_rows(conn, month).values())
         with _progress(total, f"Archiving {month}") as bar:
             written, skipped = archive.archive(conn, month, directory, name=name,

@@ -10,11 +10,12 @@ from decimal import Decimal
 
 import duckdb
 import pytest
-from load import Bodies, Gunicorn, LoadGenerator, acknowledged, summarize
-from test_backup import receiver, seed
-from test_prune import add_rejection
+from ops_data import add_rejection, seed
+from ops_data import run_receiver as receiver
 
 from receiver import archive
+from testing.processes import Gunicorn
+from testing.traffic import Bodies, LoadGenerator, acknowledged, summarize
 
 # seed() spreads workflows over 2026-01-01 .. 2026-04-01; their last callbacks may arrive in April.
 MONTHS = ("2026-01", "2026-02", "2026-03", "2026-04")
@@ -159,7 +160,8 @@ def test_bad_arguments_get_one_clear_line(runner, db_path, tmp_path, args, messa
 def test_missing_database_is_not_created(runner, tmp_path):
     result = runner.invoke(["archive", "--db", str(tmp_path / "none.db"), "--month", "2026-01", str(tmp_path / "out")])
     assert result.exit_code == 1
-    assert result.output.strip() == f"Error: {tmp_path / 'none.db'}: no such database file"
+    assert result.output.strip() == (
+        f"Error: {tmp_path / 'none.db'}: no such database (`receiver init-db --db {tmp_path / 'none.db'}` creates one)")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -2,50 +2,24 @@
 restores that refuse a database a running receiver holds."""
 
 import sqlite3
-import subprocess
 import time
 from contextlib import closing
-from datetime import datetime, timezone
 
 import pytest
-from load import (
+from ops_data import count, seed
+from ops_data import run_receiver as receiver
+
+from receiver import backup, db
+from testing.processes import Gunicorn
+from testing.traffic import (
     Bodies,
-    Gunicorn,
     LoadGenerator,
     acknowledged,
     integrity_check,
     receiver_check,
-    receiver_environment,
     stored_hashes,
     summarize,
 )
-from servers import ROOT, VENV_BIN
-
-from receiver import backup, db, simulate
-
-START = datetime(2026, 1, 1, tzinfo=timezone.utc)
-
-
-def seed(path, dispatches=300, seed_=1, start=START, days=90, api="mixed"):
-    """Store simulated workflows (Dispatch and Messages API v1) through the receiver's own
-    storage code."""
-    with closing(db.connect(str(path))) as conn:
-        simulate.store_all(simulate.generate(dispatches, seed=seed_, start=start, days=days, api=api),
-                           conn)
-
-
-def receiver(*args, db_path, timeout=120):
-    """Run the installed ``receiver`` command as an operator would: (exit code, stdout, stderr)."""
-    result = subprocess.run(
-        [str(VENV_BIN / "receiver"), *args], cwd=ROOT, env=receiver_environment(db_path, 0),
-        capture_output=True, text=True, timeout=timeout,
-    )
-    return result.returncode, result.stdout, result.stderr
-
-
-def count(path, table="callbacks"):
-    with closing(sqlite3.connect(str(path))) as conn:
-        return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 
 
 def test_backup_under_load_holds_every_acknowledged_callback(db_path, tmp_path):
@@ -109,7 +83,8 @@ def test_backup_refuses_to_overwrite_and_names_files_in_a_directory(runner, db_p
 def test_backup_of_a_missing_database_creates_nothing(runner, tmp_path):
     result = runner.invoke(["backup", "--db", str(tmp_path / "none.db"), str(tmp_path / "copy.db")])
     assert result.exit_code == 1
-    assert result.output.strip() == f"Error: {tmp_path / 'none.db'}: no such database file"
+    assert result.output.strip() == (
+        f"Error: {tmp_path / 'none.db'}: no such database (`receiver init-db --db {tmp_path / 'none.db'}` creates one)")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from load import receiver_environment
-from servers import ROOT, Procfile, free_port
+
+from testing.processes import ROOT, Procfile, free_port, receiver_environment
 
 DEPLOY = ROOT / "deploy"
 UNITS = sorted((DEPLOY / "systemd").iterdir())

@@ -8,10 +8,12 @@ from contextlib import closing
 from datetime import date, datetime, timedelta, timezone
 
 import pytest
-from load import Bodies, Gunicorn, LoadGenerator, acknowledged, receiver_check, stored_hashes, summarize
-from test_backup import receiver, seed
+from ops_data import add_rejection, seed
+from ops_data import run_receiver as receiver
 
 from receiver import db
+from testing.processes import Gunicorn
+from testing.traffic import Bodies, LoadGenerator, acknowledged, receiver_check, stored_hashes, summarize
 
 EVENT_TABLES = ("callbacks", "status_events", "final_reports", "final_report_messages",
                 "rejected_callbacks")
@@ -33,13 +35,6 @@ def billing(runner, path, by, start="2026-01-01", end="2026-04-30"):
     result = runner.invoke(["export", "billing", "--db", str(path), "--from", start, "--to", end, "--by", by])
     assert result.exit_code == 0, result.output
     return result.stdout, result.stderr.strip().splitlines()[-1]
-
-
-def add_rejection(path, received_at, body=b"\xff not json"):
-    with closing(db.connect(str(path))) as conn:
-        conn.execute(
-            "INSERT INTO rejected_callbacks (received_at, body, body_bytes, http_status, reason, error) "
-            "VALUES (?, ?, ?, 400, 'not_json', '{}')", (received_at, body, len(body)))
 
 
 @pytest.fixture
@@ -163,15 +158,16 @@ def test_missing_database_is_not_created(runner, tmp_path):
     for args in (["--dry-run"], []):
         result = runner.invoke(["prune", "--db", str(missing), "--before", CUTOFF, *args])
         assert result.exit_code == 1
-        assert result.output.strip() == f"Error: {missing}: no such database file"
+        assert result.output.strip() == (
+            f"Error: {missing}: no such database (`receiver init-db --db {missing}` creates one)")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_bad_retention_setting_is_refused(runner, db_path, monkeypatch):
     monkeypatch.setenv("RECEIVER_RETENTION_DAYS", "-3")
     result = runner.invoke(["prune", "--db", str(db_path), "--retention"])
-    assert result.exit_code != 0
-    assert "RECEIVER_RETENTION_DAYS" in str(result.exception) + result.output
+    assert result.exit_code == 1
+    assert result.output.strip() == "Error: RECEIVER_RETENTION_DAYS must be 0 (off) or a number of days, not -3"
 
 
 def test_prune_under_load_every_answer_is_200(db_path, tmp_path, runner):
