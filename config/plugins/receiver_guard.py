@@ -27,9 +27,11 @@ import re
 from datetime import date, datetime
 from urllib.parse import parse_qsl
 
-import datasette.handle_exception
+# datasette.plugins first: it registers datasette.handle_exception as a default plugin, and
+# importing that module first would register it half-imported, without its handler.
+from datasette.plugins import pm  # isort: skip
+import datasette.handle_exception  # isort: skip
 from datasette import Response, hookimpl
-from datasette.plugins import pm
 from datasette.utils import await_me_maybe
 from datasette.utils.asgi import Request
 from datasette.views.base import DatasetteError
