@@ -45,6 +45,8 @@ accesslog = _settings.access_log or None
 errorlog = "-"
 loglevel = _settings.log_level.lower()
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms "%(a)s"'
+# Plain text, or one JSON object per line with RECEIVER_LOG_FORMAT=json (receiver/logs.py).
+logger_class = "receiver.logs.GunicornLogger"
 
 # gunicorn 24+ opens a control socket under ~/.gunicorn by default; several receivers on one
 # host (tests, benchmarks) would fight over it, and nothing here uses it.
@@ -54,8 +56,36 @@ control_socket_disable = True
 preload_app = False
 
 
+_metrics_directory = None
+
+
+def start_metrics_directory():
+    """A fresh private directory where every process (workers, writer) keeps its metrics for
+    GET /metrics to add up; set before anything imports prometheus_client, inherited by all."""
+    global _metrics_directory
+    import tempfile
+
+    _metrics_directory = tempfile.mkdtemp(prefix="receiver-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_directory
+
+
+def child_exit(server, worker):
+    """In the master, when a worker has exited: drop its live-only metric files."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def remove_metrics_directory():
+    import shutil
+
+    if _metrics_directory is not None:
+        shutil.rmtree(_metrics_directory, ignore_errors=True)
+
+
 def on_starting(server):
     """In the master, before any worker: create or migrate the schema, start the writer."""
+    start_metrics_directory()
     from receiver import db
     from receiver.config import describe, load_settings
     from receiver.signatures import Verifier
@@ -102,8 +132,10 @@ def post_fork(server, worker):
 
 
 def on_exit(server):
-    """In the master, once its workers are gone: let the writer finish and exit."""
+    """In the master, once its workers are gone: let the writer finish and exit;
+    remove the metrics directory."""
     from receiver.writer import supervisor
 
     if supervisor() is not None:
         supervisor().stop()
+    remove_metrics_directory()

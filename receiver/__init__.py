@@ -19,6 +19,9 @@ def create_app(config=None):
     app = Flask(__name__)
     app.config.update(RECEIVER_SETTINGS=settings, **config)
     logging.getLogger("receiver").setLevel(settings.log_level)
+    from . import logs
+
+    logs.init_app(app, settings)  # X-Request-ID on every answer; RECEIVER_LOG_FORMAT
 
     if settings.proxy_hops:
         from werkzeug.middleware.proxy_fix import ProxyFix

@@ -57,6 +57,10 @@ class Settings:
     access_log: str = "-"
     # `receiver prune --retention` removes event rows older than this many days (0: off).
     retention_days: int = 0
+    # When set, GET /metrics needs "Authorization: Bearer <token>".
+    metrics_token: str = ""
+    # "text" (for a terminal) or "json" (one object per line, for a log pipeline).
+    log_format: str = "text"
 
 
 # Setting name -> (environment variable, parser)
@@ -87,15 +91,20 @@ ENVIRONMENT = {
     "max_requests": ("GUNICORN_MAX_REQUESTS", int),
     "access_log": ("GUNICORN_ACCESS_LOG", str),
     "retention_days": ("RECEIVER_RETENTION_DAYS", int),
+    "metrics_token": ("RECEIVER_METRICS_TOKEN", str),
+    "log_format": ("RECEIVER_LOG_FORMAT", str.lower),
 }
 
 # Settings for which an empty variable is a value, not "unset" (GUNICORN_ACCESS_LOG="": none).
 EMPTY_IS_A_VALUE = ("access_log",)
 EXPECTED = {int: "a whole number", float: "a number"}
 
-SECRET_SETTINGS = ("signature_secret", "signature_secrets", "datasette_password_hash", "basic_auth")
+SECRET_SETTINGS = ("signature_secret", "signature_secrets", "datasette_password_hash", "basic_auth",
+                   "metrics_token")
 
 SYNCHRONOUS_MODES = ("FULL", "NORMAL", "EXTRA")
+
+LOG_FORMATS = ("text", "json")
 
 
 def load_settings(environ=None, **overrides):
@@ -125,6 +134,9 @@ def load_settings(environ=None, **overrides):
             "RECEIVER_BASIC_AUTH and VONAGE_SIGNATURE_SECRET(S) both need the Authorization "
             "header (Basic credentials vs Vonage's Bearer token): set one of them"
         )
+    if settings.log_format not in LOG_FORMATS:
+        raise ValueError(f"RECEIVER_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, "
+                         f"not {settings.log_format!r}")
     for name in ("max_body_bytes", "web_concurrency", "threads"):
         if getattr(settings, name) <= 0:
             raise ValueError(f"{ENVIRONMENT[name][0]} must be positive, not {getattr(settings, name)}")

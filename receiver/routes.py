@@ -6,7 +6,7 @@ import os
 
 from flask import Blueprint, current_app, jsonify, request
 
-from . import rows, store
+from . import logs, metrics, rows, store
 from .openapi import document as openapi_document
 from .signatures import BASIC_REASONS
 from .callbacks import ENDPOINT_KINDS, Rejection, parse
@@ -42,8 +42,20 @@ def delivery_from_request(body):
     )
 
 
-def _unavailable(error):
-    log.error("503 %s: storage failed: %s", request.path, error)
+def _labels(callback):
+    """(kind, api) of a parsed callback, or ('unknown', 'unknown') before one is parsed."""
+    if callback is None:
+        return "unknown", "unknown"
+    return callback.kind, getattr(callback, "api", None) or "dispatch"
+
+
+def _unavailable(error, callback=None):
+    seconds = logs.elapsed()
+    metrics.storage_failed(seconds)
+    kind, api = _labels(callback)
+    logs.callback_outcome("unavailable", seconds, {
+        "http_status": 503, "kind": kind, "api": api, "reason": "storage_unavailable",
+        "error": str(error)}, "503 %s: storage failed: %s", request.path, error)
     response = jsonify(code=503, status="Service Unavailable", reason="storage_unavailable",
                        message="The callback could not be stored; retry later.")
     response.status_code = 503
@@ -51,16 +63,22 @@ def _unavailable(error):
     return response
 
 
-def _reject(rejection, delivery, **extra):
+def _reject(rejection, delivery, callback=None, **extra):
     """Keep the body in ``rejected_callbacks`` and answer the rejection's status."""
     writer = current_app.extensions["receiver.writer"]
     try:
         rejected_id = writer.run("store_rejection", rejection, delivery, **extra)
     except StorageError as error:
         # Unkept, a 4xx would lose the body for good (Vonage does not retry 4xx).
-        return _unavailable(error)
-    log.warning("%d %s: %s (%s), kept as rejected_callbacks/%d", rejection.http_status,
-                request.path, rejection.reason, rejection.message, rejected_id)
+        return _unavailable(error, callback)
+    seconds = logs.elapsed()
+    kind, api = _labels(callback)
+    metrics.callback_rejected(kind, api, rejection.reason, rejection.http_status, seconds)
+    logs.callback_outcome("rejected", seconds, {
+        "http_status": rejection.http_status, "kind": kind, "api": api,
+        "reason": rejection.reason, "rejected_id": rejected_id},
+        "%d %s: %s (%s), kept as rejected_callbacks/%d", rejection.http_status,
+        request.path, rejection.reason, rejection.message, rejected_id)
     body = rejection.as_json()
     body["rejected_id"] = rejected_id
     response = jsonify(body)
@@ -86,6 +104,7 @@ def receive():
     verifier = current_app.extensions["receiver.verifier"]
     try:
         signature = verifier.check(delivery.authorization, body, delivery.received_epoch)
+        metrics.signature_checked(signature.status)
         callback = parse(body, ENDPOINT_KINDS[request.path])
     except Rejection as rejection:
         return _reject(rejection, delivery)
@@ -97,9 +116,17 @@ def receive():
         # Valid, yet this write fails on its own (retrying would too): keep the body.
         return _reject(Rejection(422, "unstorable", "The callback is valid but could not be "
                                  "stored; it is kept for reprocessing.",
-                                 {"_body": [str(error)]}), delivery)
+                                 {"_body": [str(error)]}), delivery, callback)
     except StorageError as error:
-        return _unavailable(error)
+        return _unavailable(error, callback)
+    seconds = logs.elapsed()
+    kind, api = _labels(callback)
+    metrics.callback_stored(kind, api, stored.duplicate, seconds,
+                            delivery.received_epoch, callback.data)
+    logs.callback_outcome("duplicate" if stored.duplicate else "stored", seconds, {
+        "http_status": 200, "kind": kind, "api": api, "callback_id": stored.callback_id},
+        "200 %s: %s callbacks/%d", request.path,
+        "duplicate" if stored.duplicate else "stored", stored.callback_id)
     return stored_answer(stored)
 
 
@@ -127,6 +154,20 @@ for _path in ENDPOINT_KINDS:
 def openapi():
     """The OpenAPI 3.1 document of these endpoints."""
     return jsonify(openapi_document())
+
+
+@bp.get("/metrics")
+def metrics_page():
+    """Prometheus metrics (text format); a bearer token when RECEIVER_METRICS_TOKEN is set."""
+    settings = current_app.config["RECEIVER_SETTINGS"]
+    if not metrics.token_allows(settings, request.headers.get("Authorization")):
+        response = jsonify(code=401, status="Unauthorized", reason="bad_metrics_token",
+                           message="GET /metrics needs Authorization: Bearer <RECEIVER_METRICS_TOKEN>.")
+        response.status_code = 401
+        response.headers["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
+    body, content_type = metrics.exposition(settings)
+    return current_app.response_class(body, content_type=content_type)
 
 
 @bp.get("/healthz")

@@ -43,7 +43,7 @@ import threading
 import time
 import typing
 
-from . import db, store
+from . import db, metrics, store
 from .callbacks import Callback, Rejection
 from .signatures import Signature
 
@@ -165,6 +165,7 @@ class GroupCommitWriter:
 
         Called by one thread only (the writer thread, or the WriterServer's loop).
         """
+        started = time.perf_counter()
         try:
             if self._conn is None:
                 self._conn = db.connect_settings(self.settings)
@@ -175,6 +176,7 @@ class GroupCommitWriter:
         except BaseException as error:  # a bug must not kill the writer or hang requests
             log.exception("unexpected error in the writer")
             self._fail(batch, StorageError(f"internal error: {error!r}"))
+        metrics.observe_batch(len(batch), time.perf_counter() - started, self.queued())
 
     def _fail(self, batch, failure):
         for pending in batch:
@@ -796,6 +798,7 @@ def take_lock(lock_path, stopping):
 
 def main():
     """The writer process: take the lock, serve until the master lets go of stdin."""
+    from . import logs
     from .config import load_settings
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -808,6 +811,7 @@ def main():
                    signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH):
         signal.signal(number, signal.SIG_IGN)
     settings = load_settings()
+    logs.configure(settings.log_format)  # RECEIVER_LOG_FORMAT=json: JSON lines, as gunicorn's
     socket_path, lock_path = endpoint_paths(settings.db_path)
     stopping = threading.Event()
     server = None
