@@ -8,6 +8,7 @@ once (so many workers serve them), then each test reads what it must show. Its l
 
 import http.client
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -328,3 +329,19 @@ def test_plain_text_logs_are_the_default(tmp_path):
     assert any('"POST /webhooks/vonage HTTP/1.1" 400' in line for line in lines)
     assert any("invalid_json" in line and "kept as rejected_callbacks/1" in line
                and "[request plain-1]" in line for line in lines), lines
+
+
+def test_a_dead_workers_counts_are_kept(receiver):
+    """Last in the module (it replaces a worker): a worker killed with everything it counted
+    still counts, its replacement counts on top, and the master's child_exit hook is quiet."""
+    victim = receiver.worker_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    receiver.wait_workers([victim])
+    found = samples(scrape(receiver.port)[2])
+    assert total(found, "receiver_callbacks_total", outcome="stored") == DISTINCT
+    supply = Bodies(seed=13)
+    statuses = post_all(receiver.port, [supply.next() for _ in range(WORKERS)], 3)
+    assert statuses == [200] * WORKERS
+    found = samples(scrape(receiver.port)[2])
+    assert total(found, "receiver_callbacks_total", outcome="stored") == DISTINCT + WORKERS
+    assert "Traceback" not in receiver.output()
