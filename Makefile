@@ -38,7 +38,8 @@ test: install system-deps
 
 # Debian packages the tests and benchmarks use, installed when missing (needs root or sudo).
 # nginx and openssl: tests/test_deploy.py runs deploy/nginx/ for real with a throwaway certificate.
-SYSTEM_PACKAGES := wrk chromium nginx openssl
+# prometheus: Debian's promtool and server for tests/test_prometheus.py.
+SYSTEM_PACKAGES := wrk chromium nginx openssl prometheus
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
