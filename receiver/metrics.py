@@ -69,13 +69,15 @@ QUEUE_DEPTH = Gauge(
     "Writes the writer held at its latest commit: the batch and any waiting behind it.",
     multiprocess_mode="mostrecent", registry=REGISTRY)
 
-KINDS = ("message_status", "final_report")
+# (kind, api) of the callbacks the receiver takes; their series exist from the start, at 0,
+# so that a rate or an alert sees the first one.
+KINDS_BY_API = (("message_status", "dispatch"), ("final_report", "dispatch"),
+                ("message_status", "messages"))
 OUTCOMES = ("stored", "duplicate", "rejected")
 
-# Series an alert compares over time exist from the start, at 0.
-for _kind in KINDS:
+for _kind, _api in KINDS_BY_API:
     for _outcome in OUTCOMES:
-        CALLBACKS.labels(_kind, "dispatch", _outcome)
+        CALLBACKS.labels(_kind, _api, _outcome)
 SIGNATURES.labels("failed")
 
 # Label children looked up once: .labels() costs more than the increment itself.

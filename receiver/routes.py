@@ -46,7 +46,7 @@ def _labels(callback):
     """(kind, api) of a parsed callback, or ('unknown', 'unknown') before one is parsed."""
     if callback is None:
         return "unknown", "unknown"
-    return callback.kind, getattr(callback, "api", None) or "dispatch"
+    return callback.kind, callback.api
 
 
 def _unavailable(error, callback=None):

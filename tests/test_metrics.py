@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import post_to
-from payloads import dumps, final_report, status
+from payloads import dumps, final_report, status, v1_status
 from receiver import create_app, logs
 from receiver.config import describe, load_settings
 from receiver.schemas import format_timestamp
@@ -72,6 +72,18 @@ def test_each_callback_is_counted_by_kind_api_and_outcome(client):
     assert changed(name="receiver_signature_results_total", result="unsigned") == 5
     assert changed(name="receiver_request_duration_seconds_count") == 5
     assert changed(name="receiver_storage_errors_total") == 0
+
+
+def test_a_messages_api_callback_is_counted_under_its_api_and_channel(client):
+    sent = datetime.now(timezone.utc) - timedelta(seconds=30)
+    before = scrape(client)
+    body = dumps(v1_status(channel="rcs", timestamp=format_timestamp(sent)))
+    assert post_to(client, body).get_json()["status"] == "stored"
+    after = scrape(client)
+    assert delta(before, after, **callbacks("stored", "message_status", "messages")) == 1
+    assert delta(before, after, **callbacks("stored", "message_status", "dispatch")) == 0
+    assert delta(before, after, "receiver_callback_lag_seconds_count",
+                 kind="message_status", channel="rcs") == 1
 
 
 def test_callback_lag_is_observed_by_channel_for_new_callbacks_only(client):
