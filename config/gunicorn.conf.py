@@ -77,6 +77,7 @@ def child_exit(server, worker):
 
 
 def remove_metrics_directory():
+    """In the master, at exit: the metrics directory goes with the server."""
     import shutil
 
     if _metrics_directory is not None:

@@ -1,7 +1,6 @@
 """The webhook endpoints and the health check."""
 
 import json
-import logging
 import os
 
 from flask import Blueprint, current_app, jsonify, request
@@ -12,7 +11,6 @@ from .signatures import BASIC_REASONS
 from .callbacks import ENDPOINT_KINDS, Rejection, parse
 from .writer import StorageError, WriteFailed
 
-log = logging.getLogger("receiver")
 bp = Blueprint("webhooks", __name__)
 
 RETRY_AFTER_S = "5"
