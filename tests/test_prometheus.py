@@ -152,6 +152,7 @@ def test_promtool_accepts_the_exposition(receiver):
     _, _, text = scrape(receiver.port)
     result = promtool("check", "metrics", stdin=text)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout + result.stderr == ""  # not even a naming hint
 
 
 def test_metrics_needs_the_token(receiver):
