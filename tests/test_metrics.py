@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import post_to
 from payloads import dumps, final_report, status, v1_status
-from receiver import create_app, logs
+from receiver import create_app, logs, metrics
 from receiver.config import describe, load_settings
 from receiver.schemas import format_timestamp
 from receiver.simulate import sign
@@ -260,3 +260,31 @@ def test_a_database_without_callbacks_table_is_not_an_error(tmp_path):
         conn.execute("CREATE TABLE other (x)")
     client = create_app({"db_path": str(path)}).test_client()
     assert ("receiver_last_callback_timestamp_seconds", ()) not in scrape(client)
+
+
+class Broken:
+    """A metric whose every update fails (a full disk under PROMETHEUS_MULTIPROC_DIR, say)."""
+
+    def observe(self, *args):
+        raise OSError(28, "No space left on device")
+
+    set = inc = observe
+
+
+def test_a_failing_metric_changes_no_answer_and_stops_no_writer(client, db_path, rows,
+                                                               monkeypatch, caplog):
+    for name in ("REQUEST_SECONDS", "BATCH_SIZE", "QUEUE_DEPTH"):
+        monkeypatch.setattr(metrics, name, Broken())
+    for hook in (metrics.callback_stored, metrics.callback_rejected, metrics.observe_batch):
+        monkeypatch.setattr(hook, "failed", False, raising=False)
+    for _ in range(2):
+        assert post_to(client, dumps(status())).get_json()["status"] == "stored"
+    assert post_to(client, b"{}").status_code == 422
+    assert rows(db_path, "SELECT count(*) AS n FROM callbacks") == [{"n": 2}]
+    failures = [r for r in caplog.records if r.name == "receiver.metrics"]
+    # Logged once per hook, not once per request.
+    assert sorted(r.getMessage() for r in failures) == [
+        "metrics: callback_rejected failed (logged once)",
+        "metrics: callback_stored failed (logged once)",
+        "metrics: observe_batch failed (logged once)",
+    ]
