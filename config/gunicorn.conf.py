@@ -66,7 +66,7 @@ def start_metrics_directory():
     import tempfile
 
     _metrics_directory = tempfile.mkdtemp(prefix="receiver-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_directory
+    os.environ.update(PROMETHEUS_MULTIPROC_DIR=_metrics_directory)  # read by prometheus_client
 
 
 def child_exit(server, worker):

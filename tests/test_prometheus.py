@@ -21,8 +21,8 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from load import Bodies, Gunicorn, post
-from servers import ROOT, free_port
+from testing.processes import ROOT, Gunicorn, free_port
+from testing.traffic import Bodies, post
 
 PROMETHEUS_CONFIG = ROOT / "config" / "prometheus"
 TOKEN = "scrape-token-for-tests"
