@@ -1,4 +1,4 @@
-"""Metrics and logs of the real thing: gunicorn with 9 workers and the writer in its master,
+"""Metrics and logs of the real thing: gunicorn with 9 workers and the writer process,
 Debian's promtool and a real Prometheus server scraping it, the alert rules' unit tests.
 
 One receiver serves the module: it gets a known mix of callbacks from many connections at
@@ -148,9 +148,13 @@ def test_counters_add_up_across_every_worker(receiver):
     assert total(found, "receiver_database_size_bytes") > 0
     assert time.time() - total(found, "receiver_last_callback_timestamp_seconds") < 600
 
-    # Many workers served the traffic (the JSON outcome lines name their process).
-    pids = {line["pid"] for line in json_lines(receiver) if line.get("outcome") == "stored"}
+    # Many workers served the traffic (the JSON outcome lines name their process), and the
+    # batches were counted by the writer, a process of its own.
+    lines = json_lines(receiver)
+    pids = {line["pid"] for line in lines if line.get("outcome") == "stored"}
     assert len(pids) >= 3, pids
+    writers = {line["pid"] for line in lines if line["logger"] == "receiver.writer"}
+    assert writers and not writers & pids, (writers, pids)
 
 
 def test_promtool_accepts_the_exposition(receiver):
