@@ -178,6 +178,22 @@ def receiver_environment(db_path, port=0, *, inherit=False, **extra):
 # --- gunicorn --------------------------------------------------------------------------------
 
 
+def _spawn(server, command, timeout):
+    """Start ``command`` for ``server`` in its own session (so its whole group can be stopped),
+    appending to its log, and wait until it answers; stop it if it does not."""
+    with open(server.log_path, "ab") as log:
+        server.popen = subprocess.Popen(
+            command, cwd=ROOT, env=server.env, stdin=subprocess.DEVNULL, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        server.wait_ready(timeout)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
 class Gunicorn:
     """``gunicorn -c config/gunicorn.conf.py <app>`` in its own session.
 
@@ -210,19 +226,8 @@ class Gunicorn:
     def start(self, timeout=20.0):
         with open(self.log_path, "ab") as log:
             log.write(f"\n===== start #{self.starts + 1} on port {self.port}\n".encode())
-            log.flush()
-            self.popen = subprocess.Popen(
-                self.command(),
-                cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True,
-            )
         self.starts += 1
-        try:
-            self.wait_ready(timeout)
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        return _spawn(self, self.command(), timeout)
 
     def command(self):
         """The command line: the production config file, this app."""
@@ -313,19 +318,8 @@ class Datasette:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout=30.0):
-        with open(self.log_path, "ab") as log:
-            self.popen = subprocess.Popen(
-                [str(VENV_BIN / "receiver"), "datasette", "--db", str(self.db_path),
-                 "--port", str(self.port)],
-                cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        try:
-            self.wait_ready(timeout)
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        return _spawn(self, [str(VENV_BIN / "receiver"), "datasette", "--db", str(self.db_path),
+                             "--port", str(self.port)], timeout)
 
     def wait_ready(self, timeout):
         """Until it answers anything on /robots.txt (200, or 403 behind the login wall)."""
