@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from functools import lru_cache
 
 from . import money, rows
-from .schemas import FAILED_RANKS, FINAL_REPORT, MESSAGE_STATUS, REACHED_RANKS, format_timestamp
+from .schemas import FAILED_RANKS, REACHED_RANKS, format_timestamp
 from .signatures import UNSIGNED
 
 

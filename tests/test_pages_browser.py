@@ -18,7 +18,6 @@ import importlib.util
 import json
 import subprocess
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 import requests
