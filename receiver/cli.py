@@ -1,6 +1,5 @@
 """The ``receiver`` command line: set up the database, re-run rejected callbacks."""
 
-import json
 import logging
 import os
 import sqlite3
@@ -12,10 +11,8 @@ import click
 from . import __version__, db, store
 from . import export as exports
 from .browse import datasette_command
-from .callbacks import ENDPOINT_KINDS, REASONS, Rejection, parse
 from .config import describe, load_settings
-from .signatures import BASIC_REASONS, UNSIGNED, Signature, Verifier
-from .writer import is_database_failure
+from .signatures import Verifier
 
 log = logging.getLogger("receiver")
 
@@ -125,170 +122,15 @@ def reprocess_command(database, ids, reason, dry_run, accept_unverified, batch_s
 
     Example: receiver reprocess --reason schema_error --dry-run
     """
-    settings = _settings(database)
-    verifier = Verifier(settings)
+    from . import reprocess
+
     conn = _open(database)
-    _check_filters(conn, ids, reason)
-    where, params = ["reprocessed_at IS NULL", "body_truncated = 0"], []
-    if ids:
-        where.append(f"id IN ({', '.join('?' * len(ids))})")
-        params.extend(ids)
-    if reason:
-        where.append("reason = ?")
-        params.append(reason)
-    condition = " AND ".join(where)
-    total = conn.execute(f"SELECT count(*) FROM rejected_callbacks WHERE {condition}", params).fetchone()[0]
-    counts = {"stored": 0, "duplicate": 0, "still_rejected": 0, "failed": 0}
-    unverifiable, unverified = {}, 0
-    last_id = 0
-    with click.progressbar(length=total, label="Reprocessing", file=sys.stderr) as bar:
-        while True:
-            batch = conn.execute(
-                f"SELECT id, endpoint, body, received_at, remote_addr, user_agent, content_type, "
-                f"authorization, http_status, reason "
-                f"FROM rejected_callbacks WHERE {condition} AND id > ? ORDER BY id LIMIT ?",
-                [*params, last_id, batch_size],
-            ).fetchall()
-            if not batch:
-                break
-            last_id = batch[-1][0]
-            with store.transaction(conn):
-                conn.execute("SAVEPOINT batch")
-                for row in batch:
-                    conn.execute("SAVEPOINT row")
-                    try:
-                        outcome, signature = _reprocess_one(conn, verifier, row, accept_unverified)
-                    except sqlite3.Error as error:
-                        if is_database_failure(error):
-                            raise
-                        outcome, signature = _reprocess_failed(conn, row[0], error), None
-                    except Exception as error:  # one bad row must not stop the others
-                        outcome, signature = _reprocess_failed(conn, row[0], error), None
-                    conn.execute("RELEASE row")
-                    counts[outcome] += 1
-                    if isinstance(signature, Unverifiable):
-                        unverifiable[signature.setting] = unverifiable.get(signature.setting, 0) + 1
-                    elif isinstance(signature, Signature) and signature.status == ACCEPTED_UNVERIFIED:
-                        unverified += 1
-                if dry_run:
-                    conn.execute("ROLLBACK TO batch")
-                conn.execute("RELEASE batch")
-            bar.update(len(batch))
-    verb = "would be" if dry_run else "were"
-    truncated = conn.execute(
-        "SELECT count(*) FROM rejected_callbacks WHERE reprocessed_at IS NULL AND body_truncated = 1"
-    ).fetchone()[0]
-    summary = (f"{total} pending: {counts['stored']} {verb} stored, {counts['duplicate']} {verb} "
-               f"already stored, {counts['still_rejected']} still rejected.")
-    if unverified:
-        summary += f" {unverified} {verb} stored unverified (--accept-unverified)."
-    for setting, n in sorted(unverifiable.items()):
-        summary += (f" {n} not verifiable here: {setting} not set in this shell; run reprocess "
-                    "with the server's settings, or pass --accept-unverified.")
-    if counts["failed"]:
-        summary += f" {counts['failed']} failed to store (see the log and reprocess_result)."
-    if truncated:
-        summary += f" {truncated} oversized bodies, kept only in part, are not reprocessed."
-    click.echo(summary, err=True)
-
-
-def _check_filters(conn, ids, reason):
-    """Refuse --id and --reason values that name no rejected callback (a typo does nothing)."""
-    if ids:
-        found = dict(conn.execute(
-            f"SELECT id, reprocessed_at FROM rejected_callbacks WHERE id IN ({', '.join('?' * len(ids))})",
-            ids,
-        ).fetchall())
-        missing = [str(i) for i in ids if i not in found]
-        if missing:
-            raise click.ClickException(f"no rejected callback with id {', '.join(missing)}")
-        done = [str(i) for i in ids if found[i] is not None]
-        if done:
-            raise click.ClickException(
-                f"rejected callback {', '.join(done)} was already reprocessed (see callback_id)")
-    if reason and reason not in REASONS:
-        present = [r for (r,) in conn.execute(
-            "SELECT DISTINCT reason FROM rejected_callbacks ORDER BY reason")]
-        raise click.ClickException(
-            f"unknown reason {reason!r}: the receiver gives no such reason (reasons here: "
-            f"{', '.join(present) or 'none'})")
-
-
-ACCEPTED_UNVERIFIED = "accepted_unverified"
-
-
-class Unverifiable(Rejection):
-    """A body the server may have checked and this shell cannot: no secret set here."""
-
-    def __init__(self, setting, why):
-        super().__init__(
-            401, "cannot_verify",
-            f"cannot verify: {setting} not set in this shell ({why}); run reprocess with the "
-            f"server's settings, or pass --accept-unverified to store it unverified.",
-        )
-        self.setting = setting
-
-
-def _signature(verifier, row, raw, received_epoch, accept_unverified):
-    """The signature rule the server applied to this body, applied again.
-
-    The server checks signatures before it reads the body, so a body refused with another
-    status than 401 and without an Authorization header came to a server that checks nothing:
-    it is stored unsigned, as that server would have. Any other body is checked with this
-    shell's settings, as of its arrival; with none set here it is Unverifiable.
-    """
-    authorization, http_status, reason = row[7], row[8], row[9]
-    if http_status != 401 and not authorization:
-        return UNSIGNED
-    if verifier.basic or verifier.enabled:
-        return verifier.check(authorization, raw, received_epoch)
-    basic = reason in BASIC_REASONS or (authorization or "").lower().startswith("basic ")
-    setting = "RECEIVER_BASIC_AUTH" if basic else "VONAGE_SIGNATURE_SECRET"
-    if accept_unverified:
-        return Signature(ACCEPTED_UNVERIFIED)
-    why = (f"the server refused it as {reason}" if http_status == 401
-           else "it came with an Authorization header the server may have checked")
-    raise Unverifiable(setting, why)
-
-
-def _reprocess_failed(conn, rejected_id, error):
-    """Undo one row's partial work and note why it failed; the row stays pending."""
-    log.error("reprocessing rejected_callbacks/%d failed: %r", rejected_id, error)
-    conn.execute("ROLLBACK TO row")
-    conn.execute(
-        "UPDATE rejected_callbacks SET reprocess_result = ? WHERE id = ?",
-        (json.dumps({"at": store.utcnow(), "failed": f"{type(error).__name__}: {error}"}), rejected_id),
-    )
-    return "failed"
-
-
-def _reprocess_one(conn, verifier, row, accept_unverified=False):
-    """Check and parse one rejected body again; store it if it passes.
-
-    Returns (outcome, the Signature stored or the Rejection that kept it pending).
-    """
-    rejected_id, endpoint, body, received_at, remote_addr, user_agent, content_type, auth = row[:8]
-    raw = body.encode("utf-8") if isinstance(body, str) else (body or b"")
-    delivery = store.Delivery(raw, endpoint, received_at, remote_addr, user_agent, content_type, auth)
-    try:
-        signature = _signature(verifier, row, raw, delivery.received_epoch, accept_unverified)
-        callback = parse(raw, ENDPOINT_KINDS.get(endpoint))
-    except Rejection as rejection:
-        conn.execute(
-            "UPDATE rejected_callbacks SET reprocess_result = ? WHERE id = ?",
-            (json.dumps({"at": store.utcnow(), **rejection.as_json()}), rejected_id),
-        )
-        return "still_rejected", rejection
-    stored = store.store_callback(conn, callback, delivery, signature)
-    result = "duplicate" if stored.duplicate else "stored"
-    if signature.status == ACCEPTED_UNVERIFIED and not stored.duplicate:
-        result = "stored (accepted unverified)"
-    conn.execute(
-        "UPDATE rejected_callbacks SET reprocessed_at = ?, reprocess_result = ?, callback_id = ? "
-        "WHERE id = ?",
-        (store.utcnow(), result, stored.callback_id, rejected_id),
-    )
-    return ("duplicate" if stored.duplicate else "stored"), signature
+    reprocess.check_filters(conn, ids, reason)
+    with _progress(reprocess.count_pending(conn, ids, reason), "Reprocessing") as bar:
+        result = reprocess.reprocess(conn, Verifier(_settings(database)), ids=ids, reason=reason,
+                                     dry_run=dry_run, accept_unverified=accept_unverified,
+                                     batch_size=batch_size, progress=bar.update)
+    click.echo(result.summary(dry_run), err=True)
 
 
 @cli.command("check")
