@@ -263,16 +263,22 @@ def messages_workflow(rng, start):
 APIS = ("dispatch", "messages", "mixed")
 
 
-def generate(dispatches, *, seed=0, start=None, days=30, api="dispatch"):
+def generate(dispatches, *, seed=0, start=None, days=30, api="dispatch", now=None):
     """Yield (workflow id, [Delivery, ...]) for ``dispatches`` workflows spread over ``days``:
-    Dispatch's, Messages API v1's, or (``mixed``) half of each, as during a migration."""
+    Dispatch's, Messages API v1's, or (``mixed``) half of each, as during a migration.
+
+    Nothing arrives after ``now`` (default: the current time): a workflow started shortly
+    before it is still in progress, its later callbacks (a read receipt days later, the final
+    report) not yet sent, as a receiver running now would have it."""
     rng = random.Random(seed)
-    start = start or (datetime.now(timezone.utc) - timedelta(days=days)).replace(microsecond=0)
+    now = now or datetime.now(timezone.utc)
+    start = start or (now - timedelta(days=days)).replace(microsecond=0)
     span = days * 86400
     for _ in range(dispatches):
         at = start + timedelta(seconds=rng.uniform(0, span))
         messages = api == "messages" or (api == "mixed" and rng.random() < 0.5)
-        yield (messages_workflow if messages else workflow)(rng, at)
+        workflow_id, deliveries = (messages_workflow if messages else workflow)(rng, at)
+        yield workflow_id, [delivery for delivery in deliveries if delivery.at <= now]
 
 
 def new_seed():

@@ -112,3 +112,24 @@ def test_traffic_posted_to_a_running_receiver_is_marked_and_removable(runner, tm
         assert rows(server.db_path, "SELECT body FROM callbacks") == [{"body": real.decode()}]
     finally:
         assert server.stop() == []
+
+
+def test_nothing_simulated_arrives_after_now(runner, tmp_path, rows):
+    """Read receipts come up to 3 days after delivery and final reports after the last leg: a
+    workflow started an hour ago has not sent them yet. No row arrives, nor is stamped, later
+    than the moment simulate ran."""
+    from datetime import datetime, timezone
+
+    path = tmp_path / "demo.db"
+    result = runner.invoke(["simulate", "--db", str(path), "--api", "mixed", "--days", "1",
+                            "--dispatches", "300", "--seed", "5"])
+    assert result.exit_code == 0, result.output
+    after = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    latest = rows(path, """
+        SELECT (SELECT max(received_at) FROM callbacks) AS received_at,
+               (SELECT max(timestamp) FROM status_events) AS status_at,
+               (SELECT max(timestamp) FROM final_reports) AS report_at,
+               (SELECT count(*) FROM status_events WHERE status = 'read') AS reads""")[0]
+    assert latest["reads"] > 0
+    for what in ("received_at", "status_at", "report_at"):
+        assert latest[what] <= after, (what, latest)
