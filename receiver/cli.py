@@ -1,5 +1,6 @@
 """The ``receiver`` command line: set up the database, re-run rejected callbacks."""
 
+import functools
 import logging
 import os
 import sqlite3
@@ -29,7 +30,7 @@ def _open(database, *, readonly=False):
 class ReceiverGroup(click.Group):
     """The command group, where every command's errors become one line and exit status 1.
 
-    A bad setting, a missing or foreign database file, a file that cannot be written: the
+    A bad argument, a bad setting, a missing or foreign database file, a file that cannot be written: the
     message says what is wrong, never a traceback. Anything unexpected (a bug) is one line
     too; its traceback is logged at RECEIVER_LOG_LEVEL=DEBUG.
     """
@@ -37,6 +38,11 @@ class ReceiverGroup(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except click.UsageError as error:
+            # A bad argument (a negative count, a reversed period): one line naming it, exit 1,
+            # like every other refusal, instead of click's usage block.
+            where = f" (see '{error.ctx.command_path} --help')" if error.ctx else ""
+            raise click.ClickException(error.format_message() + where) from None
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except BrokenPipeError:
@@ -107,7 +113,8 @@ def config_command():
               help="Store bodies whose signature or credentials this shell cannot check (no "
                    "secret set here), marked accepted_unverified. Never needed where the "
                    "server's settings are.")
-@click.option("--batch-size", default=500, show_default=True, help="Rows per transaction.")
+@click.option("--batch-size", default=500, show_default=True, type=click.IntRange(min=1),
+              help="Rows per transaction.")
 def reprocess_command(database, ids, reason, dry_run, accept_unverified, batch_size):
     """Re-run rejected callbacks through today's validation; store those that now pass.
 
@@ -133,20 +140,30 @@ def reprocess_command(database, ids, reason, dry_run, accept_unverified, batch_s
     click.echo(result.summary(dry_run), err=True)
 
 
+# `receiver check` names at most this many differing rows of each table.
+SHOWN_KEYS = 20
+
+
 @cli.command("check")
 @database_option
 def check_command(database):
-    """Check the database: SQLite's integrity check, and that the derived messages and
-    dispatches rows equal a rebuild from the event log. Exits 1 on any problem.
+    """Check the database: SQLite's integrity check, and that the derived messages,
+    dispatches and workflows rows equal a rebuild from the event log (naming the first 20
+    that differ in each). Exits 1 on any problem.
 
     Example: receiver check --db var/events.db
     """
     conn = _open(database)
     integrity = [row[0] for row in conn.execute("PRAGMA integrity_check")]
     click.echo(f"integrity_check: {', '.join(integrity)}")
-    differences = store.derived_differences(conn)
-    for table, count in differences.items():
-        click.echo(f"{table}: {'matches the event log' if not count else f'{count} rows differ from the event log'}")
+    differences = store.differing_keys(conn)
+    for table, keys in differences.items():
+        if not keys:
+            click.echo(f"{table}: matches the event log")
+            continue
+        more = f" and {len(keys) - SHOWN_KEYS} more" if len(keys) > SHOWN_KEYS else ""
+        click.echo(f"{table}: {len(keys)} rows differ from the event log "
+                   f"({store.DERIVED_TABLES[table]} {', '.join(map(str, keys[:SHOWN_KEYS]))}{more})")
     if integrity != ["ok"] or any(differences.values()):
         raise SystemExit(1)
 
@@ -203,9 +220,16 @@ period_options = [
 
 
 def _with_period(command):
+    """Add --from, --to and -o to an export command, which never runs on a reversed period."""
+    @functools.wraps(command)
+    def checked(*args, start, end, **kwargs):
+        if start > end:
+            raise click.UsageError(f"--from {start} is after --to {end}: the period holds no day")
+        return command(*args, start=start, end=end, **kwargs)
+
     for option in reversed(period_options):
-        command = option(command)
-    return command
+        checked = option(checked)
+    return checked
 
 
 @export.command("billing")
@@ -253,15 +277,18 @@ def export_events(database, start, end, output, fmt):
 @cli.command("simulate")
 @click.option("--db", "database", type=click.Path(dir_okay=False), default=None,
               help="SQLite file to write (default: var/demo.db, never $RECEIVER_DB).")
-@click.option("--dispatches", "count", default=1000, show_default=True, help="How many workflows.")
+@click.option("--dispatches", "count", default=1000, show_default=True, type=click.IntRange(min=1),
+              help="How many workflows.")
 @click.option("--url", help="Post to a running receiver (e.g. http://127.0.0.1:8000/webhooks/vonage) "
               "instead of writing to the database.")
 @click.option("--secret", envvar="VONAGE_SIGNATURE_SECRET", help="Sign each callback like Vonage "
               "(default: $VONAGE_SIGNATURE_SECRET).")
 @click.option("--seed", type=int, default=None,
               help="Random seed; the same seed gives the same traffic (default: a new one each run).")
-@click.option("--days", default=30, show_default=True, help="Spread the workflows over this many past days.")
-@click.option("--concurrency", default=8, show_default=True, help="Parallel requests with --url.")
+@click.option("--days", default=30, show_default=True, type=click.IntRange(min=1),
+              help="Spread the workflows over this many past days.")
+@click.option("--concurrency", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Parallel requests with --url.")
 @click.option("--api", type=click.Choice(["dispatch", "messages", "mixed"]), default="dispatch",
               show_default=True, help="Dispatch workflows (statuses and final reports), Messages "
               "API v1 failover (v1 statuses of each leg), or half of each, as during a migration.")
@@ -284,6 +311,8 @@ def simulate_command(database, count, url, secret, seed, days, concurrency, api,
     from . import simulate
 
     settings = load_settings(db_path=database or simulate.DEMO_DB)
+    if url and not simulate.is_http_url(url):
+        raise click.BadParameter(f"{url!r} is not an http:// or https:// URL", param_hint="'--url'")
     if remove:
         removed = simulate.remove(db.open_existing(settings))
         click.echo(f"{settings.db_path}: {removed} simulated callbacks removed", err=True)
@@ -414,6 +443,9 @@ def prune_command(database, before, retention, dry_run, batch_size):
             click.echo("retention is off (RECEIVER_RETENTION_DAYS is 0 or unset): nothing removed", err=True)
             return
         before = datetime.now(timezone.utc).date() - timedelta(days=settings.retention_days)
+    elif before > datetime.now(timezone.utc).date() + timedelta(days=1):
+        raise click.BadParameter(f"{before} is in the future: every row arrived before it",
+                                 param_hint="'--before'")
     path = settings.db_path
     conn = db.open_existing(settings, readonly=dry_run)
     if dry_run:

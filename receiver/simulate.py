@@ -365,6 +365,14 @@ def _delete_referencing(conn, parent, where):
             conn.execute(f"DELETE FROM [{table}] WHERE {condition}")
 
 
+def is_http_url(url):
+    """True for an http:// or https:// URL with a host (what ``post_all`` can post to)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
 def post_all(workflows, url, *, secret=None, concurrency=8, progress=None, timeout=15):
     """POST every callback to ``url`` (each workflow's in order); return counts by HTTP status."""
     import urllib.error

@@ -410,21 +410,25 @@ def rebuild_derived(conn):
 
 
 def derived_differences(conn):
-    """Rows of the derived tables that differ from a rebuild from the event log.
+    """{table: number of derived rows that differ from a rebuild from the event log}."""
+    return {table: len(keys) for table, keys in differing_keys(conn).items()}
 
-    Returns {table: number of differing rows}; the database is left unchanged.
-    """
+
+def differing_keys(conn):
+    """Keys of the derived rows that differ from a rebuild from the event log (changed,
+    missing or extra). Returns {table: sorted keys}; the database is left unchanged."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         for table in DERIVED_TABLES:
             conn.execute(f"CREATE TEMP TABLE stored_{table} AS SELECT * FROM {table}")
         rebuild_derived(conn)
         differences = {}
-        for table in DERIVED_TABLES:
-            differences[table] = conn.execute(
-                f"SELECT count(*) FROM (SELECT * FROM {table} EXCEPT SELECT * FROM temp.stored_{table}"
-                f" UNION ALL SELECT * FROM temp.stored_{table} EXCEPT SELECT * FROM {table})"
-            ).fetchone()[0]
+        for table, key in DERIVED_TABLES.items():
+            stored = f"temp.stored_{table}"
+            differences[table] = [value for (value,) in conn.execute(
+                f"SELECT {key} FROM (SELECT * FROM {table} EXCEPT SELECT * FROM {stored})"
+                f" UNION SELECT {key} FROM (SELECT * FROM {stored} EXCEPT SELECT * FROM {table})"
+                f" ORDER BY 1")]
         return differences
     finally:
         conn.execute("ROLLBACK")
@@ -433,4 +437,4 @@ def derived_differences(conn):
 
 
 # The tables recomputed from the event log (``receiver rebuild``; compared by ``check``).
-DERIVED_TABLES = ("messages", "dispatches", "workflows")
+DERIVED_TABLES = {"messages": "message_uuid", "dispatches": "dispatch_uuid", "workflows": "workflow_id"}

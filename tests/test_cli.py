@@ -328,3 +328,27 @@ def test_one_body_that_cannot_be_stored_does_not_stop_reprocess(runner, db_path,
     assert rows(db_path, "SELECT message_uuid FROM status_events") == [{"message_uuid": "m-new-field"}]
     pending = rows(db_path, "SELECT reprocess_result FROM rejected_callbacks WHERE reprocessed_at IS NULL")
     assert len(pending) == 1 and "simulated bug" in pending[0]["reprocess_result"]
+
+# --- check ---------------------------------------------------------------------------------
+
+
+def test_check_names_the_rows_that_differ(runner, db_path):
+    """`check` says which derived rows differ from the event log, changed or missing: the first
+    20 keys of each table and how many more, so they can be looked at."""
+    from receiver import simulate
+
+    with closing(db.connect(str(db_path))) as conn:
+        simulate.store_all(simulate.generate(60, seed=2, api="mixed"), conn)
+        changed = [uuid for (uuid,) in conn.execute(
+            "SELECT message_uuid FROM messages ORDER BY message_uuid LIMIT 25")]
+        conn.execute("UPDATE messages SET event_count = event_count + 1 WHERE message_uuid IN "
+                     "(SELECT message_uuid FROM messages ORDER BY message_uuid LIMIT 25)")
+        (missing,) = conn.execute("SELECT dispatch_uuid FROM dispatches LIMIT 1").fetchone()
+        conn.execute("DELETE FROM dispatches WHERE dispatch_uuid = ?", (missing,))
+
+    result = runner.invoke(["check", "--db", str(db_path)])
+    assert result.exit_code == 1
+    lines = result.stdout.splitlines()
+    assert f"messages: 25 rows differ from the event log (message_uuid {', '.join(changed[:20])} and 5 more)" in lines
+    assert f"dispatches: 1 rows differ from the event log (dispatch_uuid {missing})" in lines
+    assert "workflows: matches the event log" in lines

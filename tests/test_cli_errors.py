@@ -110,3 +110,27 @@ def test_check_of_a_good_database_still_works(tmp_path, db_path):
     result = receiver(tmp_path, "check", "--db", str(db_path))
     assert result.returncode == 0, result.stderr
     assert "integrity_check: ok" in result.stdout
+
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["export", "billing", "--from", "2026-12-01", "--to", "2026-11-01"], "--from 2026-12-01 is after --to 2026-11-01"),
+    (["export", "events", "--from", "2026-12-01", "--to", "2026-11-01"], "--from 2026-12-01 is after --to 2026-11-01"),
+    (["export", "billing", "--from", "2026-11-01"], "Missing option '--to'"),
+    (["reprocess", "--batch-size", "0"], "'--batch-size': 0 is not in the range x>=1"),
+    (["simulate", "--dispatches", "-5"], "'--dispatches': -5 is not in the range x>=1"),
+    (["simulate", "--dispatches", "0"], "'--dispatches': 0 is not in the range x>=1"),
+    (["simulate", "--days", "0"], "'--days': 0 is not in the range x>=1"),
+    (["simulate", "--concurrency", "0", "--url", "http://127.0.0.1:9/"], "'--concurrency': 0"),
+    (["simulate", "--url", "127.0.0.1:8000/webhooks/vonage"], "'--url': '127.0.0.1:8000/webhooks/vonage' is not an http"),
+    (["prune", "--before", "2999-01-01"], "'--before': 2999-01-01 is in the future"),
+    (["prune", "--batch-size", "0", "--before", "2026-01-01"], "'--batch-size': 0"),
+], ids=lambda value: " ".join(value[:3]) if isinstance(value, list) else None)
+def test_a_bad_argument_is_one_line_naming_it_and_does_nothing(tmp_path, db_path, args, fragment):
+    """Each used to run (exit 0 with nothing done, or a summary that did not add up) or print
+    click's usage block; now one line naming the option, exit 1, and the database untouched."""
+    before = db_path.read_bytes()
+    result = receiver(tmp_path, *args, "--db", str(db_path))
+    assert_one_line_error(result, fragment)
+    assert db_path.read_bytes() == before
+    assert files_under(tmp_path) == ["events.db"]

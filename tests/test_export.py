@@ -104,10 +104,10 @@ def test_export_events_keeps_the_bodies_byte_exact(client, runner, db_path, tmp_
 
 def test_export_needs_a_period(runner, db_path):
     result = runner.invoke(["export", "billing", "--db", str(db_path), "--from", "2026-11-01"])
-    assert result.exit_code == 2 and "--to" in result.output
+    assert result.exit_code == 1 and "--to" in result.output
     result = runner.invoke(["export", "billing", "--db", str(db_path), "--from", "November",
                             "--to", "2026-11-30"])
-    assert result.exit_code == 2 and "is not a date" in result.output
+    assert result.exit_code == 1 and "is not a date" in result.output
 
 
 def test_billing_never_adds_currencies_together(client, runner, db_path):
