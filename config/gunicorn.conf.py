@@ -13,7 +13,7 @@ from receiver.config import load_settings
 try:
     _settings = load_settings()
 except ValueError as error:  # one line, not gunicorn's "Failed to read config file" traceback
-    sys.exit(f"error: {error}")
+    sys.exit(f"Error: {error}")
 
 # The webhook target listens on every interface by default; put TLS in front of it (README).
 bind = f"{_settings.host}:{_settings.port}"

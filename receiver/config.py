@@ -122,11 +122,52 @@ def load_settings(environ=None, **overrides):
                                  + (f": expected {expected}" if expected else "")) from None
     values.update(overrides)
     settings = Settings(**values)
-    if settings.synchronous not in SYNCHRONOUS_MODES:
-        raise ValueError(
-            f"RECEIVER_SYNCHRONOUS must be one of {', '.join(SYNCHRONOUS_MODES)}, "
-            f"not {settings.synchronous!r}"
-        )
+    check(settings)
+    return settings
+
+
+# Setting name -> (lowest, highest) value the server can use (None: no bound).
+RANGES = {
+    "port": (0, 65535),  # 0: any free port
+    "datasette_port": (0, 65535),
+    "max_body_bytes": (1, None),
+    "busy_timeout_ms": (0, None),
+    "commit_timeout_s": (0.001, None),
+    "max_batch": (1, None),
+    "proxy_hops": (0, None),
+    "signature_max_age_s": (1, None),
+    "signature_max_skew_s": (0, None),
+    "web_concurrency": (1, None),
+    "threads": (1, None),
+    "worker_nice": (0, 19),  # a worker may lower its priority, never raise it
+    "worker_timeout_s": (0, None),  # 0: never restart a stuck worker
+    "max_requests": (0, None),  # 0: never recycle
+    "retention_days": (0, None),  # 0: off
+}
+
+# Setting name -> the values it may take.
+CHOICES = {
+    "synchronous": SYNCHRONOUS_MODES,
+    "log_level": ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+    "log_format": LOG_FORMATS,
+    # What the receiver runs on and is tested with; gevent or eventlet would need their
+    # packages and a cooperative writer connection, which it does not have.
+    "worker_class": ("sync", "gthread"),
+}
+
+
+def check(settings):
+    """Refuse, with one ValueError naming the variable, any value the server could not use:
+    `receiver config`, gunicorn and Datasette all load settings through here."""
+    for name, (low, high) in RANGES.items():
+        value = getattr(settings, name)
+        if not (low is None or value >= low) or not (high is None or value <= high):
+            bounds = (f"from {low} to {high}" if high is not None else f"at least {low}")
+            raise ValueError(f"{ENVIRONMENT[name][0]} must be {bounds}, not {value}")
+    for name, choices in CHOICES.items():
+        if getattr(settings, name) not in choices:
+            raise ValueError(f"{ENVIRONMENT[name][0]} must be one of {', '.join(choices)}, "
+                             f"not {getattr(settings, name)!r}")
     if settings.basic_auth and ":" not in settings.basic_auth:
         raise ValueError("RECEIVER_BASIC_AUTH must be user:password")
     if settings.basic_auth and (settings.signature_secret or settings.signature_secrets):
@@ -134,15 +175,21 @@ def load_settings(environ=None, **overrides):
             "RECEIVER_BASIC_AUTH and VONAGE_SIGNATURE_SECRET(S) both need the Authorization "
             "header (Basic credentials vs Vonage's Bearer token): set one of them"
         )
-    if settings.log_format not in LOG_FORMATS:
-        raise ValueError(f"RECEIVER_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, "
-                         f"not {settings.log_format!r}")
-    for name in ("max_body_bytes", "web_concurrency", "threads"):
-        if getattr(settings, name) <= 0:
-            raise ValueError(f"{ENVIRONMENT[name][0]} must be positive, not {getattr(settings, name)}")
-    if settings.retention_days < 0:
-        raise ValueError(f"RECEIVER_RETENTION_DAYS must be 0 (off) or a number of days, not {settings.retention_days}")
-    return settings
+    from .signatures import parse_secrets
+
+    if settings.signature_secrets and not parse_secrets("", settings.signature_secrets):
+        raise ValueError(f"VONAGE_SIGNATURE_SECRETS={settings.signature_secrets!r} holds no secret "
+                         "(a comma-separated list of secret or api_key:secret); unset it to "
+                         "accept unsigned callbacks")
+    if settings.access_log not in ("", "-") and not os.path.isdir(
+            os.path.dirname(os.path.abspath(settings.access_log))):
+        raise ValueError(f"GUNICORN_ACCESS_LOG={settings.access_log}: its directory does not exist")
+    from .db import DatabaseError, check_directory
+
+    try:
+        check_directory(settings.db_path)
+    except DatabaseError as error:
+        raise ValueError(str(error)) from None
 
 
 def describe(settings):

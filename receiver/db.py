@@ -299,10 +299,24 @@ def _check_version(path, version):
         )
 
 
+# The one directory created when missing (the default var/events.db, `simulate`'s var/demo.db):
+# anywhere else a missing directory is a typo, not a place for a new empty database.
+DEFAULT_DIRECTORY = "var"
+
+
+def check_directory(path):
+    """Refuse (DatabaseError) a database ``path`` whose directory is missing, unless it is the
+    default ``var/`` of the working directory, which ``init_db`` creates."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory) and directory != os.path.abspath(DEFAULT_DIRECTORY):
+        raise DatabaseError(f"{path}: directory {directory} does not exist; create it first "
+                            f"(only the default {DEFAULT_DIRECTORY}/ is created)")
+
+
 def init_db(path, **kwargs):
     """Create or migrate the schema at ``path``; safe to run from several processes at once."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
+    check_directory(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     from . import store  # store imports db
 
     try:

@@ -134,3 +134,24 @@ def test_a_bad_argument_is_one_line_naming_it_and_does_nothing(tmp_path, db_path
     assert_one_line_error(result, fragment)
     assert db_path.read_bytes() == before
     assert files_under(tmp_path) == ["events.db"]
+
+
+@pytest.mark.parametrize("args", [["init-db"], ["simulate", "--dispatches", "1"], ["check"],
+                                  ["backup", "backups"], ["config"]], ids=lambda args: args[0])
+def test_a_database_in_a_missing_directory_is_one_line_and_creates_nothing(tmp_path, args):
+    """A typo in RECEIVER_DB or --db used to create the directory and an empty, healthy-looking
+    database in it; only the default var/ is created."""
+    if args[0] == "simulate":  # simulate writes to --db, never $RECEIVER_DB
+        result = receiver(tmp_path, *args, "--db", str(tmp_path / "typo" / "demo.db"))
+    else:
+        result = receiver(tmp_path, *args, RECEIVER_DB=tmp_path / "typo" / "events.db")
+    assert_one_line_error(result, f"directory {tmp_path / 'typo'} does not exist; create it first")
+    assert files_under(tmp_path) == []
+
+
+@pytest.mark.parametrize("database", ["var/events.db", "VAR_ABSOLUTE"])
+def test_the_default_var_directory_is_still_created(tmp_path, database):
+    database = str(tmp_path / "var" / "events.db") if database == "VAR_ABSOLUTE" else database
+    result = receiver(tmp_path, "init-db", RECEIVER_DB=database)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "var" / "events.db").exists()

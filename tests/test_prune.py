@@ -167,7 +167,7 @@ def test_bad_retention_setting_is_refused(runner, db_path, monkeypatch):
     monkeypatch.setenv("RECEIVER_RETENTION_DAYS", "-3")
     result = runner.invoke(["prune", "--db", str(db_path), "--retention"])
     assert result.exit_code == 1
-    assert result.output.strip() == "Error: RECEIVER_RETENTION_DAYS must be 0 (off) or a number of days, not -3"
+    assert result.output.strip() == "Error: RECEIVER_RETENTION_DAYS must be at least 0, not -3"
 
 
 def test_prune_under_load_every_answer_is_200(db_path, tmp_path, runner):
