@@ -122,6 +122,10 @@ def backup(source, destination, *, force=False, progress=None):
                 src.backup(dst, pages=PAGES_PER_STEP, sleep=0,
                            progress=(lambda status, remaining, count:
                                      progress(count - remaining, count)) if progress else None)
+                # The copy takes the live file's WAL mode, which needs a -wal and a -shm file
+                # beside it to be read, so it could not be read from read-only media. In
+                # rollback mode it is one self-contained file, readable anywhere.
+                dst.execute("PRAGMA journal_mode = DELETE")
                 problems = integrity(dst)
                 if problems != ["ok"]:
                     raise BackupError(f"the copy failed its integrity check: {_first_problems(problems)}")
@@ -145,16 +149,62 @@ def table_counts(conn):
     return {name: conn.execute(f"SELECT count(*) FROM [{name}]").fetchone()[0] for name in names}
 
 
+# SQLite's file header (https://www.sqlite.org/fileformat.html#the_database_header).
+HEADER = b"SQLite format 3\x00"
+
+
+def _check_file(path):
+    """Read the backup's header: BackupError saying what is wrong when the file is missing,
+    unreadable, not a SQLite database, or shorter than its header says (a truncated copy)."""
+    try:
+        with open(path, "rb") as file:
+            header = file.read(100)
+            size = os.fstat(file.fileno()).st_size
+    except FileNotFoundError:
+        raise BackupError(f"{path}: no such database file") from None
+    except OSError as error:
+        raise BackupError(f"{path}: cannot be read ({error.strerror})") from None
+    if size == 0:
+        raise BackupError(f"{path}: an empty file, not a backup")
+    if not header.startswith(HEADER) or len(header) < 100:
+        raise BackupError(f"{path}: not a SQLite database (no SQLite header); a receiver backup is one")
+    page_size = struct.unpack(">H", header[16:18])[0]
+    page_size = 65536 if page_size == 1 else page_size
+    change_counter, page_count, valid_for = (struct.unpack(">I", header[offset:offset + 4])[0]
+                                             for offset in (24, 28, 92))
+    # The page count in the header is kept up to date whenever this matches (SQLite 3.7.0+).
+    if valid_for == change_counter and size < page_size * page_count:
+        raise BackupError(f"{path}: truncated: {size} bytes of the {page_size * page_count} its "
+                          f"header announces (an incomplete copy?)")
+
+
+def _open_backup(path):
+    """A read-only connection to the backup ``path`` that writes nothing beside it.
+
+    A backup (one file, nothing writing to it) is opened immutable: no lock, no -wal, -shm or
+    -journal created, so it reads from read-only media and leaves its directory as it was.
+    A file with a -wal or -journal beside it (a live database, or a crashed one) holds data
+    in them: it is opened read-only instead, which reads them."""
+    _check_file(path)
+    companion = any(os.path.exists(f"{path}{suffix}") for suffix in ("-wal", "-journal"))
+    try:
+        conn = db.connect(path, readonly=True, immutable=not companion)
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error as error:
+        raise BackupError(f"{path}: cannot be read as a SQLite database ({error})") from None
+    return conn
+
+
 def check_backup(path):
     """Open a backup read-only and check it is a sound receiver database this receiver can
     use; return its schema version. Raises BackupError naming the problem."""
-    with closing(_open_source(path)) as conn:
+    with closing(_open_backup(path)) as conn:
         try:
             problems = integrity(conn)
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         except sqlite3.DatabaseError as error:
-            raise BackupError(f"{path}: not a readable SQLite database ({error})") from None
+            raise BackupError(f"{path} failed its integrity check: {error}") from None
     if problems != ["ok"]:
         raise BackupError(f"{path} failed its integrity check: {_first_problems(problems)}")
     if version == 0 or "callbacks" not in tables:
@@ -185,7 +235,7 @@ def restore(source, target, *, force=False, progress=None, synchronous="FULL"):
     directory = os.path.dirname(os.path.abspath(target))
     if not os.path.isdir(directory):
         raise BackupError(f"{directory}: no such directory")
-    with closing(_open_source(source)) as src, \
+    with closing(_open_backup(source)) as src, \
             closing(db.connect(target, synchronous=synchronous)) as dst:
         src.execute("BEGIN")
         src.execute("SELECT count(*) FROM sqlite_master").fetchone()

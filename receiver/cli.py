@@ -1,5 +1,6 @@
 """The ``receiver`` command line: set up the database, re-run rejected callbacks."""
 
+import contextlib
 import functools
 import logging
 import os
@@ -342,15 +343,21 @@ cli.add_command(datasette_command)
 # --- operations: backup, restore, prune, archive (receiver/backup.py, prune.py, archive.py) ---
 
 
+@contextlib.contextmanager
 def _pages_bar(label):
-    """A progress bar over pages copied, and the callback that moves it."""
-    bar = click.progressbar(length=1, label=label, file=sys.stderr)
+    """A progress bar over pages copied: yields the callback that moves it. The bar shows from
+    the first page copied on, so a refusal before it is one line alone."""
+    with contextlib.ExitStack() as stack:
+        bar = None
 
-    def update(done, total):
-        bar.length = max(total, 1)
-        bar.update(done - bar.pos)
+        def update(done, total):
+            nonlocal bar
+            if bar is None:
+                bar = stack.enter_context(click.progressbar(length=1, label=label, file=sys.stderr))
+            bar.length = max(total, 1)
+            bar.update(done - bar.pos)
 
-    return bar, update
+        yield update
 
 
 @cli.command("backup")
@@ -372,9 +379,8 @@ def backup_command(database, destination, force):
     settings = _settings(database)
     db.open_existing(settings, readonly=True).close()  # one clear line if it is not there
     source = settings.db_path
-    bar, update = _pages_bar("Backing up")
     try:
-        with bar:
+        with _pages_bar("Backing up") as update:
             target, counts = backup.backup(source, destination, force=force, progress=update)
     except backup.BackupError as error:
         raise click.ClickException(str(error)) from None
@@ -400,9 +406,8 @@ def restore_command(database, source, force):
     from . import backup
 
     settings = _settings(database)
-    bar, update = _pages_bar("Restoring")
     try:
-        with bar:
+        with _pages_bar("Restoring") as update:
             counts = backup.restore(source, settings.db_path, force=force, progress=update,
                                     synchronous=settings.synchronous)
     except backup.BackupError as error:

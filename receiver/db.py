@@ -2,6 +2,7 @@
 
 import os
 import sqlite3
+from urllib.parse import quote
 
 import sqlite_utils
 
@@ -232,24 +233,26 @@ class DatabaseError(RuntimeError):
     """A database file the receiver cannot use, said in one line a user can act on."""
 
 
-def connect(path, *, synchronous="FULL", busy_timeout_ms=10_000, readonly=False, create=True):
+def connect(path, *, synchronous="FULL", busy_timeout_ms=10_000, readonly=False, create=True,
+            immutable=False):
     """Open a connection to the event store at ``path``, configured for concurrent writers.
 
     Autocommit mode (``isolation_level=None``): callers issue ``BEGIN IMMEDIATE`` themselves
     so that a write transaction takes the write lock up front and waits on the busy timeout
     instead of failing on a lock upgrade. ``readonly`` or ``create=False`` never create the
-    file.
+    file. ``immutable`` (read-only too) is for a file nothing writes, such as a backup on
+    read-only media: SQLite then takes no lock and creates no file beside it.
     """
-    if readonly or not create:
-        mode = "ro" if readonly else "rw"
+    if readonly or not create or immutable:
+        mode = "ro&immutable=1" if immutable else "ro" if readonly else "rw"
         conn = sqlite3.connect(
-            f"file:{os.path.abspath(path)}?mode={mode}", uri=True, isolation_level=None,
+            f"file:{quote(os.path.abspath(path))}?mode={mode}", uri=True, isolation_level=None,
             check_same_thread=False,
         )
     else:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-    if not readonly:
+    if not (readonly or immutable):
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {synchronous}")
     conn.execute("PRAGMA foreign_keys = ON")

@@ -11,7 +11,7 @@ from ops_data import count, seed
 from ops_data import run_receiver as receiver
 
 from receiver import backup, db
-from testing.processes import Gunicorn
+from testing.processes import Gunicorn, receiver_environment
 from testing.traffic import (
     Bodies,
     LoadGenerator,
@@ -142,7 +142,18 @@ def test_restore_checks_the_backup_first(runner, db_path, tmp_path):
 
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"not a database" * 1000)
-    assert restore(junk).startswith(f"Error: {junk}: not a readable SQLite database")
+    assert restore(junk) == f"Error: {junk}: not a SQLite database (no SQLite header); a receiver backup is one"
+
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    assert restore(empty) == f"Error: {empty}: an empty file, not a backup"
+
+    truncated = tmp_path / "truncated.db"
+    backup.backup(str(db_path), str(truncated))
+    whole = truncated.stat().st_size
+    truncated.write_bytes(truncated.read_bytes()[:whole // 2])
+    assert restore(truncated) == (f"Error: {truncated}: truncated: {whole // 2} bytes of the {whole} "
+                                  f"its header announces (an incomplete copy?)")
 
     other = tmp_path / "other.db"
     with closing(sqlite3.connect(str(other))) as conn:
@@ -182,6 +193,58 @@ def test_restore_into_a_new_file_migrates_and_passes_check(runner, db_path, tmp_
     with closing(sqlite3.connect(str(target))) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert runner.invoke(["check", "--db", str(target)]).exit_code == 0
+
+
+def on_read_only_media(media, mountpoint, *commands):
+    """Run shell ``commands`` where ``mountpoint`` is ``media`` bound read-only (a private
+    mount namespace: the mount goes with the process). (exit code, output)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare(1) is not installed")
+    mountpoint.mkdir()
+    script = " && ".join([f"mount --bind {media} {mountpoint}", f"mount -o remount,bind,ro {mountpoint}",
+                          *commands])
+    result = subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c", script],
+                            capture_output=True, text=True, timeout=120,
+                            env=receiver_environment(mountpoint.parent / "events.db"))
+    if "mount:" in result.stderr and "permission denied" in result.stderr.lower():
+        pytest.skip(f"cannot mount read-only here: {result.stderr.strip()}")
+    return result.returncode, result.stdout + result.stderr
+
+
+def test_a_backup_restores_from_read_only_media_and_leaves_nothing_beside_it(db_path, tmp_path):
+    """A backup is one self-contained file (rollback journal, not WAL): restored from a
+    read-only mount, as a backup disk or snapshot is, with no -wal or -shm left beside it.
+    A WAL-mode backup made before this change restores from there too."""
+    seed(db_path, dispatches=30)
+    media = tmp_path / "media"
+    media.mkdir()
+    code, _, stderr = receiver("backup", str(media / "events.db"), db_path=db_path)
+    assert code == 0, stderr
+    with open(media / "events.db", "rb") as file:
+        header = file.read(100)
+    assert (header[18], header[19]) == (1, 1)  # rollback journal: no -wal/-shm needed to read
+    older = media / "older-wal.db"
+    older.write_bytes((media / "events.db").read_bytes())
+    with closing(sqlite3.connect(str(older))) as conn:
+        assert conn.execute("PRAGMA journal_mode = WAL").fetchone() == ("wal",)
+    before = sorted(p.name for p in media.iterdir())
+    assert before == ["events.db", "older-wal.db"]
+
+    mountpoint = tmp_path / "mnt"
+    code, output = on_read_only_media(
+        media, mountpoint,
+        f"! touch {mountpoint}/probe 2>/dev/null",  # really read-only, even for root
+        f"receiver restore --db {tmp_path / 'restored.db'} {mountpoint / 'events.db'}",
+        f"receiver restore --db {tmp_path / 'restored-older.db'} {mountpoint / 'older-wal.db'}",
+    )
+    assert code == 0, output
+    assert "Traceback" not in output
+    for restored in ("restored.db", "restored-older.db"):
+        assert stored_hashes(tmp_path / restored)[0] == stored_hashes(db_path)[0]
+    assert sorted(p.name for p in media.iterdir()) == before
 
 
 @pytest.mark.parametrize("command", ["backup", "restore"])
