@@ -286,7 +286,7 @@ def export_events(database, start, end, output, fmt):
               "(default: $VONAGE_SIGNATURE_SECRET).")
 @click.option("--seed", type=int, default=None,
               help="Random seed; the same seed gives the same traffic (default: a new one each run).")
-@click.option("--days", default=30, show_default=True, type=click.IntRange(min=1),
+@click.option("--days", default=30, show_default=True, type=click.IntRange(1, 36500),
               help="Spread the workflows over this many past days.")
 @click.option("--concurrency", default=8, show_default=True, type=click.IntRange(min=1),
               help="Parallel requests with --url.")
@@ -314,6 +314,8 @@ def simulate_command(database, count, url, secret, seed, days, concurrency, api,
     settings = load_settings(db_path=database or simulate.DEMO_DB)
     if url and not simulate.is_http_url(url):
         raise click.BadParameter(f"{url!r} is not an http:// or https:// URL", param_hint="'--url'")
+    if url and remove:
+        raise click.UsageError("--remove deletes from a database (--db), not from --url")
     if remove:
         removed = simulate.remove(db.open_existing(settings))
         click.echo(f"{settings.db_path}: {removed} simulated callbacks removed", err=True)
