@@ -257,3 +257,33 @@ def _parent_of(pid):
     """The parent pid of ``pid`` (Linux /proc)."""
     with open(f"/proc/{pid}/stat") as stat:
         return int(stat.read().rsplit(")", 1)[1].split()[1])
+
+
+def test_an_unreadable_backup_is_named_so(db_path):
+    """A backup the restoring user may not read says so in one line (click's own check of
+    SOURCE), not that it is no database. Root reads any file, so as root the restore runs as
+    nobody (setpriv)."""
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+
+    place = tempfile.mkdtemp(prefix="unreadable-backup-")  # not under pytest's 0700 tmp_path
+    try:
+        os.chmod(place, 0o777)
+        saved = os.path.join(place, "saved.db")
+        backup.backup(str(db_path), saved)
+        os.chmod(saved, 0o000)
+        command = ["receiver", "restore", "--db", os.path.join(place, "restored.db"), saved]
+        if os.geteuid() == 0:
+            if shutil.which("setpriv") is None:
+                pytest.skip("running as root without setpriv(1) to drop to nobody")
+            command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=place,
+                                env=receiver_environment(os.path.join(place, "restored.db")))
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert result.stderr.strip() == (f"Error: Invalid value for 'SOURCE': File '{saved}' is not "
+                                         f"readable. (see 'receiver restore --help')")
+        assert sorted(os.listdir(place)) == ["saved.db"]
+    finally:
+        shutil.rmtree(place)
