@@ -288,7 +288,7 @@ def export_events(database, start, end, output, fmt):
               help="Random seed; the same seed gives the same traffic (default: a new one each run).")
 @click.option("--days", default=30, show_default=True, type=click.IntRange(1, 36500),
               help="Spread the workflows over this many past days.")
-@click.option("--concurrency", default=8, show_default=True, type=click.IntRange(min=1),
+@click.option("--concurrency", default=8, show_default=True, type=click.IntRange(1, 256),
               help="Parallel requests with --url.")
 @click.option("--api", type=click.Choice(["dispatch", "messages", "mixed"]), default="dispatch",
               show_default=True, help="Dispatch workflows (statuses and final reports), Messages "
