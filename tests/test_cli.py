@@ -31,7 +31,8 @@ def dump(path):
 
 
 def test_init_db_creates_the_schema(runner, tmp_path):
-    path = tmp_path / "new" / "dir" / "events.db"  # missing directories are created
+    path = tmp_path / "new" / "events.db"  # a missing file is created, in an existing directory
+    path.parent.mkdir()
     result = runner.invoke(["init-db", "--db", str(path)])
     assert result.exit_code == 0, result.output
     assert f"{path}: schema created" in result.stderr
@@ -127,14 +128,14 @@ def test_version(runner):
     assert result.output.strip() == "receiver, version 0.1.0"
 
 
-def test_config_prints_the_settings_from_the_environment(runner, monkeypatch):
-    monkeypatch.setenv("RECEIVER_DB", "/data/events.db")
+def test_config_prints_the_settings_from_the_environment(runner, monkeypatch, tmp_path):
+    monkeypatch.setenv("RECEIVER_DB", f"{tmp_path}/events.db")
     monkeypatch.setenv("RECEIVER_MAX_BODY_BYTES", "2048")
     monkeypatch.setenv("VONAGE_SIGNATURE_SECRET", "do-not-print-me")
     result = runner.invoke(["config"])
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
-    assert "RECEIVER_DB=/data/events.db" in lines
+    assert f"RECEIVER_DB={tmp_path}/events.db" in lines
     assert "RECEIVER_MAX_BODY_BYTES=2048" in lines
     assert "RECEIVER_SYNCHRONOUS=FULL" in lines
     assert "VONAGE_SIGNATURE_SECRET=(set, hidden)" in lines

@@ -59,7 +59,7 @@ def server(filled, tmp_path_factory):
 
 
 def test_command_creates_the_schema_and_serves_the_file_on_loopback(tmp_path):
-    path = tmp_path / "new" / "fresh-events.db"  # neither the file nor its folder exist
+    path = tmp_path / "fresh-events.db"  # no file yet (a missing folder is refused, test_cli_errors)
     process = start(path, tmp_path / "datasette.log")
     try:
         database = requests.get(f"{process.url}/fresh-events.json", timeout=10).json()

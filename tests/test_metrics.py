@@ -248,7 +248,7 @@ def test_a_503_outcome_is_one_json_line(db_path, capsys, json_logs):
 
 def test_the_database_gauge_survives_an_unreadable_file(tmp_path):
     """A scrape must answer even when the database cannot be read (the file sizes still)."""
-    client = create_app({"db_path": str(tmp_path / "missing" / "events.db")}).test_client()
+    client = create_app({"db_path": str(tmp_path / "missing.db")}).test_client()
     samples = scrape(client)
     assert value(samples, "receiver_database_size_bytes") == 0
     assert ("receiver_last_callback_timestamp_seconds", ()) not in samples
