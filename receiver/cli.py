@@ -28,6 +28,10 @@ def _open(database, *, readonly=False):
     return db.open_existing(_settings(database), readonly=readonly)
 
 
+# What click 8.2+ raises for a group given no command (it shows the group's help).
+NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 class ReceiverGroup(click.Group):
     """The command group, where every command's errors become one line and exit status 1.
 
@@ -39,6 +43,8 @@ class ReceiverGroup(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except NO_ARGS_IS_HELP:
+            raise  # `receiver export` alone: its help, as click shows it
         except click.UsageError as error:
             # A bad argument (a negative count, a reversed period): one line naming it, exit 1,
             # like every other refusal, instead of click's usage block.

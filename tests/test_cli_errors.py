@@ -157,3 +157,9 @@ def test_the_default_var_directory_is_still_created(tmp_path, database):
     result = receiver(tmp_path, "init-db", RECEIVER_DB=database)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "var" / "events.db").exists()
+
+
+def test_a_group_without_its_command_still_shows_its_help(tmp_path):
+    result = receiver(tmp_path, "export")
+    assert result.stderr.startswith("Usage: receiver export"), result.stderr
+    assert "Error" not in result.stderr and "billing" in result.stderr
