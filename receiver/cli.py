@@ -35,9 +35,9 @@ NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 class ReceiverGroup(click.Group):
     """The command group, where every command's errors become one line and exit status 1.
 
-    A bad argument, a bad setting, a missing or foreign database file, a file that cannot be written: the
-    message says what is wrong, never a traceback. Anything unexpected (a bug) is one line
-    too; its traceback is logged at RECEIVER_LOG_LEVEL=DEBUG.
+    A bad argument, a bad setting, a missing or foreign database file, a file that cannot be
+    written: the message says what is wrong, never a traceback. Anything unexpected (a bug) is
+    one line too; its traceback is logged at RECEIVER_LOG_LEVEL=DEBUG.
     """
 
     def invoke(self, ctx):
