@@ -1,7 +1,15 @@
 """Clear 4xx answers where Datasette 0.65 would answer what a visitor sends with a 500.
 
-- ``?_sort=`` / ``?_sort_desc=`` naming a column that cannot be sorted (or both at once):
-  Datasette raises its error with status 500; here it is a 400 with the same message.
+- ``?_sort=`` / ``?_sort_desc=`` naming a column that cannot be sorted (or both at once), or a
+  ``?_through=`` that names no foreign key: Datasette raises its error with status 500; here it
+  is a 400 with the same message.
+- SQL that cannot run as sent (``?_where=1=1;drop``: more than one statement, a ``:name`` or
+  ``?`` with no value, a value too big): Datasette lets sqlite3's error through as a 500 with a
+  traceback; here it is a 400 saying what SQLite said (a number too big for SQLite too). A null
+  character anywhere in the query string, a ``_timelimit`` that is not a whole number, a
+  ``_through`` or ``_facet*={…}`` that is not the JSON object Datasette reads and a view's
+  ``_next`` that is not a row offset are refused before Datasette sees them (it fails on each
+  with a 500).
 - A POST (or any method but GET/HEAD) to a canned query: every query here is read-only and
   Datasette 0.65 fails inside its router; here it is a 405 naming the allowed methods.
 - ``/-/password-tool`` (datasette-auth-passwords): open to anyone, and each POST costs a
@@ -18,39 +26,73 @@
 
 And the log: when ``rich`` is importable (the test extras bring it), Datasette 0.65 prints a
 300-line traceback with local variables for every handled error, a 404 included. Here only
-real server errors print one (Datasette's plain ``traceback.print_exc()``); a 4xx is one
-access-log line.
+real server errors print one (Datasette's plain ``traceback.print_exc()``, which its handler
+calls for every exception it did not raise itself, so those answered 400 here are skipped); a
+4xx is one access-log line.
 """
 
 import json
 import re
+import sqlite3
+import sys
+import traceback
 from datetime import date, datetime
 from urllib.parse import parse_qsl
 
 # datasette.plugins first: it registers datasette.handle_exception as a default plugin, and
 # importing that module first would register it half-imported, without its handler.
 from datasette.plugins import pm  # isort: skip
-import datasette.handle_exception  # isort: skip
+import datasette.handle_exception as default_errors  # isort: skip
 from datasette import Response, hookimpl
-from datasette.utils import await_me_maybe
-from datasette.utils.asgi import Request
+from datasette.utils import await_me_maybe, tilde_decode
+from datasette.utils.asgi import BadRequest, Request
 from datasette.views.base import DatasetteError
 from markupsafe import Markup, escape
 
-datasette.handle_exception.rich = None
+default_errors.rich = None
+
+
+class _ServerErrorTraceback:
+    """Datasette's handler as ``traceback``: it prints every exception it was not given as an
+    HTTP error, those answered 400 here included; this prints only the others."""
+
+    @staticmethod
+    def print_exc():
+        if _client_error(sys.exc_info()[1]) is None:
+            traceback.print_exc()
+
+
+default_errors.traceback = _ServerErrorTraceback
 
 # Messages of DatasetteError that describe a visitor's bad query string, not a server fault.
-CLIENT_ERRORS = ("Cannot sort table by ", "Cannot use _sort and _sort_desc at the same time")
+CLIENT_ERRORS = ("Cannot sort table by ", "Cannot use _sort and _sort_desc at the same time",
+                 "Invalid _through")
+# What sqlite3 raises for SQL that cannot run as sent (the visitor's sql= or _where=); the
+# OperationalError of a syntax error Datasette already answers with a 400 itself.
+SQL_ERRORS = (sqlite3.ProgrammingError, sqlite3.DataError, sqlite3.Warning)
+SQLITE_MAX_INTEGER = 2**63 - 1
 PASSWORD_TOOL = "/-/password-tool"
 READ_METHODS = ("GET", "HEAD")
 
 
 @hookimpl
 def handle_exception(datasette, request, exception):
-    """Turn a bad-sort DatasetteError into a 400; Datasette's own handler renders it."""
+    """A 400 for what the visitor's query string caused; Datasette's own handler renders it."""
     if (isinstance(exception, DatasetteError) and exception.status == 500
             and str(exception.message).startswith(CLIENT_ERRORS)):
         exception.status = 400
+    elif request.query_string and _client_error(exception):
+        return default_errors.handle_exception(datasette, request,
+                                               BadRequest(_client_error(exception)))
+    return None
+
+
+def _client_error(exception):
+    """What to tell the visitor whose query string raised ``exception``, else None."""
+    if isinstance(exception, SQL_ERRORS):
+        return f"This SQL cannot run: {exception}"
+    if isinstance(exception, OverflowError) and "SQLite INTEGER" in str(exception):
+        return f"A number in the address is too big for SQLite (at most {SQLITE_MAX_INTEGER})."
     return None
 
 
@@ -63,7 +105,8 @@ def asgi_wrapper(datasette):
                 if refusal is not None:
                     await _send_json(send, *refusal)
                     return
-                problem = await _bad_parameters(datasette, scope)
+                problem = (_bad_query_string(scope) or await _bad_view_offset(datasette, scope)
+                           or await _bad_parameters(datasette, scope))
                 if problem is not None:
                     await _send_bad_request(datasette, scope, send, problem)
                     return
@@ -95,6 +138,54 @@ async def _send_json(send, status, message, headers):
                 "headers": [(b"content-type", b"application/json; charset=utf-8"),
                             (b"content-length", str(len(body)).encode()), *headers]})
     await send({"type": "http.response.body", "body": body})
+
+
+def _bad_query_string(scope):
+    """The problem with a query string Datasette would fail on with a 500, or None."""
+    query = scope.get("query_string", b"").decode("latin-1")
+    if scope["method"] not in READ_METHODS or not query:
+        return None
+    arguments = parse_qsl(query, keep_blank_values=True)
+    if any("\0" in key or "\0" in value for key, value in arguments):
+        return "The address holds a null character (%00): no value here can contain one."
+    for key, value in arguments:
+        if key == "_timelimit" and not re.fullmatch(r"\d{1,9}", value.strip()):
+            return f"_timelimit: {value[:100]!r} is not a whole number of milliseconds."
+        if key == "_through" and not _is_json_object(value, ("table", "column"), "value"):
+            return (f"_through: {value[:100]!r} is not a JSON object like "
+                    '{"table": "…", "column": "…", "value": "…"}.')
+        if key.startswith("_facet") and value.startswith("{") and not (
+                _is_json_object(value, ("simple",)) or _is_json_object(value, ("column",))):
+            return (f"{key}: {value[:100]!r} is not a column name or a JSON object like "
+                    '{"column": "…"}.')
+    return None
+
+
+def _is_json_object(text, strings, *others):
+    """True when ``text`` is a JSON object whose ``strings`` keys hold text and has ``others``."""
+    try:
+        found = json.loads(text)
+    except ValueError:
+        return False
+    return (isinstance(found, dict) and all(isinstance(found.get(key), str) for key in strings)
+            and all(key in found for key in others))
+
+
+async def _bad_view_offset(datasette, scope):
+    """A view pages by row offset: its ``_next`` must be one (Datasette fails with a 500)."""
+    arguments = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+    offset = arguments.get("_next", "").strip()
+    if scope["method"] not in READ_METHODS or not offset or offset.isdigit():
+        return None
+    parts = scope["path"].strip("/").split("/")
+    if len(parts) != 2 or parts[0] not in datasette.databases:
+        return None
+    view = tilde_decode(parts[1].rsplit(".", 1)[0] if parts[1].endswith((".json", ".csv"))
+                        else parts[1])
+    if view not in await datasette.databases[parts[0]].view_names():
+        return None
+    return (f"_next: {offset[:100]!r} is not a row offset (a whole number, as the page's next "
+            "link gives).")
 
 
 # --- canned query parameters -----------------------------------------------------------------
