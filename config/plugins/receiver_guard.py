@@ -22,7 +22,16 @@
   ``.json`` and as text for ``.csv``. Parameters are known by name, for every canned query:
   ``from``/``to`` and ``*_date`` are dates, ``as_of`` and ``*_at`` a date or a UTC time,
   ``hours`` a number; empty means "not given", as the queries read it. Only a visitor who
-  may see the query is told: behind the login wall, anyone else gets the login wall.
+  may see the query is told: behind the login wall, anyone else gets the login wall. The
+  dashboards' date filters are held to the same rule.
+- A date written without its zeros (``from=2026-11-1``) wherever a date is taken (a canned
+  query's or a dashboard's date parameter, a table filter on a time column such as
+  ``timestamp__gte``, ``day``, ``*_at``): SQLite's date() reads it as NULL and a text
+  comparison drops days ('2026-11-1' sorts after '2026-11-09'). Here the request is redirected
+  to the same address with the date padded (``2026-11-01``), so every page, form and chart
+  shows what it was asked. A table filter comparing a time column (``__gt``, ``__gte``,
+  ``__lt``, ``__lte``, ``__date``) with what is not the start of a date is a 400 naming the
+  format.
 
 And the log: when ``rich`` is importable (the test extras bring it), Datasette 0.65 prints a
 300-line traceback with local variables for every handled error, a 404 included. Here only
@@ -37,7 +46,7 @@ import sqlite3
 import sys
 import traceback
 from datetime import date, datetime
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 # datasette.plugins first: it registers datasette.handle_exception as a default plugin, and
 # importing that module first would register it half-imported, without its handler.
@@ -45,7 +54,7 @@ from datasette.plugins import pm  # isort: skip
 import datasette.handle_exception as default_errors  # isort: skip
 from datasette import Response, hookimpl
 from datasette.utils import await_me_maybe, tilde_decode
-from datasette.utils.asgi import BadRequest, Request
+from datasette.utils.asgi import BadRequest, Request, asgi_send_redirect
 from datasette.views.base import DatasetteError
 from markupsafe import Markup, escape
 
@@ -101,6 +110,10 @@ def asgi_wrapper(datasette):
     def wrap(app):
         async def guarded(scope, receive, send):
             if scope["type"] == "http":
+                padded = _padded_dates_location(scope)
+                if padded is not None:
+                    await asgi_send_redirect(send, padded)
+                    return
                 refusal = await _refusal(datasette, scope)
                 if refusal is not None:
                     await _send_json(send, *refusal)
@@ -154,6 +167,9 @@ def _bad_query_string(scope):
         if key == "_through" and not _is_json_object(value, ("table", "column"), "value"):
             return (f"_through: {value[:100]!r} is not a JSON object like "
                     '{"table": "…", "column": "…", "value": "…"}.')
+        problem = _bad_time_filter(key, value)
+        if problem:
+            return problem
         if key.startswith("_facet") and value.startswith("{") and not (
                 _is_json_object(value, ("simple",)) or _is_json_object(value, ("column",))):
             return (f"{key}: {value[:100]!r} is not a column name or a JSON object like "
@@ -225,13 +241,13 @@ def _is_moment(text):
     return True
 
 
-def check_parameters(values):
+def check_parameters(values, kind_of=_kind):
     """The problem with a canned query's parameter values ({name: text}), or None."""
     for name, value in values.items():
         value = value.strip()
         if not value:
             continue
-        kind = _kind(name)
+        kind = kind_of(name)
         if kind == "date" and not _is_date(value):
             return f"{name}: {value!r} is not a date. Expected {DATE_FORMAT}."
         if kind == "moment" and not _is_moment(value):
@@ -256,9 +272,19 @@ async def _canned_query(datasette, path):
 
 
 async def _bad_parameters(datasette, scope):
-    """The message refusing a GET of a canned query whose parameters cannot be right."""
+    """The message refusing a GET of a canned query or dashboard whose parameters cannot be
+    right."""
     if scope["method"] not in READ_METHODS or not scope.get("query_string"):
         return None
+    arguments = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
+    dashboard = _dashboard(datasette, scope["path"])
+    if dashboard is not None:
+        visible, _ = await datasette.check_visibility(
+            await _actor(datasette, scope), permissions=["view-instance"])
+        dates = {name for name, spec in (dashboard.get("filters") or {}).items()
+                 if spec.get("type") == "date"}
+        return visible and check_parameters(
+            {k: v for k, v in arguments.items() if k in dates}, kind_of=lambda name: "date") or None
     found = await _canned_query(datasette, scope["path"])
     if found is None:
         return None
@@ -271,8 +297,70 @@ async def _bad_parameters(datasette, scope):
     if not visible:
         return None
     declared = set(query.get("params") or ()) | set(re.findall(r":(\w+)", query.get("sql", "")))
-    arguments = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
     return check_parameters({k: v for k, v in arguments.items() if k in declared})
+
+
+def _dashboard(datasette, path):
+    """The dashboard's configuration when ``path`` is a dashboard page or one of its charts."""
+    parts = path.strip("/").split("/")
+    if len(parts) < 3 or parts[:2] != ["-", "dashboards"]:
+        return None
+    dashboards = datasette.plugin_config("datasette-dashboards") or {}
+    return dashboards.get(parts[2].removesuffix(".json"))
+
+
+# --- dates ----------------------------------------------------------------------------------
+
+UNPADDED_DATE = re.compile(r"(\d{4})-(\d{1,2})-(\d{1,2})((?:[T ].*)?)", re.S)
+# The start of a UTC time as stored ('2026', '2026-11', '2026-11-01', '2026-11-01T12:00', ...).
+TIME_PREFIX = re.compile(r"\d{4}(-\d{2}(-\d{2}([T ]\d{2}(:\d{2}(:\d{2}(\.\d{1,9})?)?)?Z?)?)?)?")
+TIME_COLUMN = re.compile(r"timestamp|day|date|\w+_(at|date|timestamp)")
+COMPARISONS = ("gt", "gte", "lt", "lte")
+
+
+def _takes_a_date(key):
+    """True for a query argument that holds a date: a canned query's or dashboard's date
+    parameter by its name, or a table filter (``column`` or ``column__op``) on a time column."""
+    column, _, op = key.partition("__")
+    if op:
+        return bool(TIME_COLUMN.fullmatch(column))
+    return _kind(key) in ("date", "moment") or bool(TIME_COLUMN.fullmatch(key))
+
+
+def padded_date(text):
+    """'2026-11-1' -> '2026-11-01' (a time after it kept); None when nothing needs padding."""
+    match = UNPADDED_DATE.fullmatch(text)
+    if match is None:
+        return None
+    year, month, day, rest = match.groups()
+    padded = f"{year}-{int(month):02d}-{int(day):02d}{rest}"
+    return padded if padded != text else None
+
+
+def _padded_dates_location(scope):
+    """The same address with its unpadded dates padded, when it has any; else None."""
+    query = scope.get("query_string", b"").decode("latin-1")
+    if scope["method"] not in READ_METHODS or "-" not in query:
+        return None
+    arguments = parse_qsl(query, keep_blank_values=True)
+    padded = [(key, (_takes_a_date(key) and padded_date(value)) or value)
+              for key, value in arguments]
+    if padded == arguments:
+        return None
+    return f"{scope.get('root_path', '')}{scope['path']}?{urlencode(padded)}"
+
+
+def _bad_time_filter(key, value):
+    """The problem with a table filter comparing a time column with what is not a date."""
+    column, _, op = key.partition("__")
+    if not (TIME_COLUMN.fullmatch(column) and op in (*COMPARISONS, "date")) or not value.strip():
+        return None
+    if op == "date" and not _is_date(value.strip()):
+        return f"{key}: {value[:100]!r} is not a date. Expected {DATE_FORMAT}."
+    if op != "date" and not TIME_PREFIX.fullmatch(value.strip()):
+        return (f"{key}: {value[:100]!r} is not a date or time. Expected {MOMENT_FORMAT} "
+                "(or its start: 2026-11).")
+    return None
 
 
 async def _actor(datasette, scope):
