@@ -1,7 +1,7 @@
 """A date written without its zeros (2025-3-1) means that date everywhere the real
 `receiver datasette` takes one; what is not a date at all is a 400 naming the format.
 
-Before: `/-/dashboards/dispatch?from=2025-3-1` showed an empty dashboard (SQLite's date() reads
+Before: `/-/dashboards/callbacks?from=2025-3-1` showed an empty dashboard (SQLite's date() reads
 '2025-3-1' as NULL), `status_events?timestamp__gte=2025-3-1` dropped the days a text comparison
 puts before it ('2025-3-1' > '2025-03-04...'), and a canned query refused it.
 """
@@ -72,9 +72,9 @@ def test_other_text_is_left_alone(server):
      "charged_at__lt: 'yesterday' is not a date or time"),
     (f"/{DB}/status_events.json", {"timestamp__date": "2025-03"},
      "timestamp__date: '2025-03' is not a date. Expected YYYY-MM-DD"),
-    ("/-/dashboards/dispatch", {"from": "01/03/2025"},
+    ("/-/dashboards/callbacks", {"from": "01/03/2025"},
      "from: '01/03/2025' is not a date. Expected YYYY-MM-DD"),
-    ("/-/dashboards/dispatch", {"from": "2025-03-04", "to": "2025-03-01"},
+    ("/-/dashboards/callbacks", {"from": "2025-03-04", "to": "2025-03-01"},
      "from (2025-03-04) is after to (2025-03-01)"),
 ])
 def test_what_is_not_a_date_is_a_400_naming_the_format(server, path, params, message):
@@ -91,10 +91,10 @@ def test_a_month_still_compares_as_the_start_of_a_time(server):
 @needs_chromium
 def test_the_dashboard_with_unpadded_dates_shows_the_period(server, browser):  # noqa: F811
     padded, padded_charts, _ = open_dashboard(
-        browser, f"{server.url}/-/dashboards/dispatch?from=2025-03-01&to=2025-03-04")
+        browser, f"{server.url}/-/dashboards/callbacks?from=2025-03-01&to=2025-03-04")
     padded.close()
     page, charts, problems = open_dashboard(
-        browser, f"{server.url}/-/dashboards/dispatch?from=2025-3-1&to=2025-3-4")
+        browser, f"{server.url}/-/dashboards/callbacks?from=2025-3-1&to=2025-3-4")
     try:
         assert problems == []
         assert page.url.endswith("?from=2025-03-01&to=2025-03-04")

@@ -88,7 +88,7 @@ def pages(uuids):
     return [f"/{DB}/messages", f"/{DB}/status_events.json", f"/{DB}/billing_by_day.csv",
             f"/{DB}/messages/{message}", f"/{DB}/messages/{message}.json", f"/{DB}",
             f"/{DB}.json", f"/{DB}/dispatch_timeline", f"/{DB}/error_codes_by_channel.json",
-            f"/{DB}/workflows", "/-/dashboards/dispatch"]
+            f"/{DB}/workflows", "/-/dashboards/callbacks"]
 
 
 def test_no_query_string_a_browser_can_send_gets_a_500(server):
