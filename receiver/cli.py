@@ -77,7 +77,8 @@ database_option = click.option(
 @click.group(cls=ReceiverGroup)
 @click.version_option(__version__, prog_name="receiver")
 def cli():
-    """dispatch-receiver: store Vonage Dispatch callbacks in SQLite and browse them in Datasette.
+    """dispatch-receiver: store Vonage's callbacks (Dispatch and Messages APIs) in SQLite and
+    browse them in Datasette.
 
     The web process itself runs under gunicorn (see the Procfile); these commands set up,
     check, repair, export and feed the database.

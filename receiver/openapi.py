@@ -180,10 +180,11 @@ def document():
     return {
         "openapi": "3.1.0",
         "info": {
-            "title": "dispatch-receiver",
+            "title": "Vonage callback receiver (Dispatch and Messages APIs)",
             "version": __version__,
-            "description": "Webhook receiver for Vonage Dispatch API callbacks. Every endpoint "
-                           "accepts every kind and tells them apart by shape.",
+            "description": "Webhook receiver for Vonage's callbacks: the Dispatch API's and the "
+                           "Messages API's. Every endpoint accepts every kind and tells them "
+                           "apart by shape.",
         },
         "paths": {
             "/webhooks/message-status": _webhook("Message Status callback", _any_callback()),

@@ -66,7 +66,7 @@ def test_command_creates_the_schema_and_serves_the_file_on_loopback(tmp_path):
         tables = {t["name"] for t in database["tables"]}
         assert {"callbacks", "status_events", "messages", "dispatches", "workflows"} <= tables
         assert {v["name"] for v in database["views"]} == set(views.VIEWS)
-        assert requests.get(f"{process.url}/-/dashboards/dispatch", timeout=10).status_code == 200
+        assert requests.get(f"{process.url}/-/dashboards/callbacks", timeout=10).status_code == 200
     finally:
         process.stop()
     log = process.output()
@@ -94,7 +94,7 @@ def test_command_behind_a_password_asks_for_the_login(filled, tmp_path):
                                  data={"username": "root", "password": password,
                                        "csrftoken": token})
             assert login.status_code == 302 and "ds_actor" in session.cookies
-            assert session.get(f"{process.url}/-/dashboards/dispatch", timeout=10).status_code == 200
+            assert session.get(f"{process.url}/-/dashboards/callbacks", timeout=10).status_code == 200
             csv = session.get(f"{process.url}/dispatch/messages.csv?_stream=on", timeout=10)
             assert csv.status_code == 200 and len(csv.text.splitlines()) > 1
     finally:
@@ -184,7 +184,7 @@ def open_dashboard(browser, url):
 @needs_chromium
 def test_dashboard_charts_render_with_the_stored_data(server, filled, browser):
     path, bodies, uuids = filled
-    page, charts, problems = open_dashboard(browser, f"{server.url}/-/dashboards/dispatch")
+    page, charts, problems = open_dashboard(browser, f"{server.url}/-/dashboards/callbacks")
     try:
         assert problems == []
         assert set(charts) == VEGA_CHARTS
@@ -210,7 +210,7 @@ def test_dashboard_charts_render_with_the_stored_data(server, filled, browser):
         assert cost["marks"] == len(cost["rows"])
 
         # Failover rate per day: A (01), F of F/G/G2 (03), J of J/T (04) needed failover.
-        march = f"{server.url}/-/dashboards/dispatch?from=2025-03-01&to=2025-03-04"
+        march = f"{server.url}/-/dashboards/callbacks?from=2025-03-01&to=2025-03-04"
         march_page, march_charts, march_problems = open_dashboard(page.context.browser, march)
         march_page.close()
         assert march_problems == []
@@ -250,7 +250,7 @@ def test_dashboard_charts_render_with_the_stored_data(server, filled, browser):
 @needs_chromium
 def test_dashboard_filters_narrow_every_chart(server, browser):
     page, charts, problems = open_dashboard(
-        browser, f"{server.url}/-/dashboards/dispatch?from=2025-03-03&to=2025-03-03&channel=sms")
+        browser, f"{server.url}/-/dashboards/callbacks?from=2025-03-03&to=2025-03-03&channel=sms")
     try:
         assert problems == []
         errors = charts["top-error-codes"]["rows"]
@@ -319,7 +319,7 @@ def test_billing_by_day_streams_and_adds_up_exactly(many):
 def test_every_chart_stays_bounded_and_complete_over_any_period(many, browser):
     """1,100 hours of callbacks: the time charts switch to coarser buckets and still count
     every callback; no chart comes near Datasette's 1,000-row limit."""
-    page, charts, problems = open_dashboard(browser, f"{many.url}/-/dashboards/dispatch")
+    page, charts, problems = open_dashboard(browser, f"{many.url}/-/dashboards/callbacks")
     try:
         assert problems == []
         for name, chart in charts.items():  # (no errors in this data: no error chart rows)
@@ -338,7 +338,7 @@ def test_every_chart_stays_bounded_and_complete_over_any_period(many, browser):
     # Two days, then one: hour buckets; a year: weeks.
     for query, unit, most in (("from=2025-01-10&to=2025-01-11", "hour", 48),
                               ("from=2025-01-01&to=2025-12-31", "day", 92)):
-        page, charts, problems = open_dashboard(browser, f"{many.url}/-/dashboards/dispatch?{query}")
+        page, charts, problems = open_dashboard(browser, f"{many.url}/-/dashboards/callbacks?{query}")
         try:
             assert problems == []
             rows = charts["callbacks-per-hour"]["rows"]

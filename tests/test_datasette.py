@@ -250,7 +250,7 @@ def test_money_in_queries_and_charts_is_formatted_by_the_receivers_own_sql():
     """Each exact total is money.sql_format over an integer sum, not a hand-written variant."""
     with open(METADATA) as file:
         metadata = yaml.safe_load(file)
-    charts = metadata["plugins"]["datasette-dashboards"]["dispatch"]["charts"]
+    charts = metadata["plugins"]["datasette-dashboards"]["callbacks"]["charts"]
     queries = metadata["databases"]["events"]["queries"]
     assert "cost-per-day" in charts and queries
     sql = " ".join(charts["cost-per-day"]["query"].split())
@@ -643,8 +643,8 @@ def _counts(path):
 def pages(u):
     """Every kind of page: HTML, JSON and CSV of the instance, tables, views, rows, queries."""
     html = [
-        "/", f"/{DB_NAME}", "/-/dashboards", "/-/dashboards/dispatch",
-        "/-/dashboards/dispatch/cost-per-day", "/-/metadata", "/-/plugins", "/-/versions",
+        "/", f"/{DB_NAME}", "/-/dashboards", "/-/dashboards/callbacks",
+        "/-/dashboards/callbacks/cost-per-day", "/-/metadata", "/-/plugins", "/-/versions",
         "/-/settings", "/-/databases", "/-/threads",
         f"/{DB_NAME}/dispatches/{u['A']}", f"/{DB_NAME}/messages/{u['A.wa']}",
         f"/{DB_NAME}/dispatch_timeline?dispatch_uuid={u['A']}",
@@ -793,7 +793,7 @@ def chart_rows(path, chart, **filters):
     from datasette_dashboards import replace_opts_in_query
 
     with open(METADATA) as file:
-        charts = yaml.safe_load(file)["plugins"]["datasette-dashboards"]["dispatch"]["charts"]
+        charts = yaml.safe_load(file)["plugins"]["datasette-dashboards"]["callbacks"]["charts"]
     sql = replace_opts_in_query(charts[chart]["query"], filters)
     with closing(sqlite3.connect(str(path))) as conn:
         conn.row_factory = sqlite3.Row

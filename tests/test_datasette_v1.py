@@ -115,7 +115,7 @@ def test_views_say_the_api(client, names):
 
 
 METADATA = yaml.safe_load((Path(__file__).resolve().parent.parent / "config" / "metadata.yml").read_text())
-CHARTS = METADATA["plugins"]["datasette-dashboards"]["dispatch"]["charts"]
+CHARTS = METADATA["plugins"]["datasette-dashboards"]["callbacks"]["charts"]
 
 
 def chart_sql(query, params):

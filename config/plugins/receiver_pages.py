@@ -11,7 +11,9 @@ by `receiver datasette`:
 - sorting by a money text column sorts by its *_nano twin: `?_sort=price` (or `_sort_desc`) on
   a table or view that has price_nano answers a redirect to `?_sort=price_nano`, for the HTML
   page, .json and .csv alike, since text does not sort as numbers ('10.5' < '9.0');
-- every page links receiver.css (data first, one line per row, long values wrapped).
+- every page links receiver.css (data first, one line per row, long values wrapped);
+- the dashboard of both APIs was /-/dashboards/dispatch: that address (and its charts' and
+  embeds') redirects to /-/dashboards/callbacks, so bookmarks keep working.
 """
 
 import re
@@ -31,6 +33,8 @@ MONEY_MIN_DECIMALS = 4
 MONEY_TEXT = re.compile(r"-?[0-9]+(\.[0-9]+)?")
 NANO_SUFFIX = "_nano"
 SORT_ARGS = ("_sort", "_sort_desc")
+# Dashboards renamed: old path prefix -> new one.
+RENAMED_DASHBOARDS = {"/-/dashboards/dispatch": "/-/dashboards/callbacks"}
 
 
 def _columns_of(row):
@@ -118,12 +122,22 @@ async def sort_redirect(datasette, scope):
     return f"{scope.get('root_path', '')}{scope['path']}?{urlencode(args)}"
 
 
+def renamed_dashboard(scope):
+    """Where a renamed dashboard's page (or chart, or embed) is now, else None."""
+    path = scope.get("path", "")
+    for old, new in RENAMED_DASHBOARDS.items():
+        if path == old or path.startswith((old + "/", old + ".")):
+            query = scope.get("query_string", b"").decode("latin-1")
+            return f"{scope.get('root_path', '')}{new}{path[len(old):]}" + (f"?{query}" if query else "")
+    return None
+
+
 @hookimpl
 def asgi_wrapper(datasette):
     def wrap(app):
         async def sort_money_by_nano(scope, receive, send):
             if scope["type"] == "http":
-                location = await sort_redirect(datasette, scope)
+                location = renamed_dashboard(scope) or await sort_redirect(datasette, scope)
                 if location is not None:
                     await asgi_send_redirect(send, location)
                     return
