@@ -626,5 +626,77 @@ def archive_command(database, month, name, directory):
         click.echo("not archived (no arrival time nor event key): " + ", ".join(skipped), err=True)
 
 
+# --- Vonage's own records (receiver/vonage_records.py) --------------------------------------
+
+
+@cli.group("vonage-records")
+def vonage_records_group():
+    """Import Vonage's records of what it sent and billed (its Reports API), to reconcile."""
+
+
+range_options = [
+    click.option("--from", "start", metavar="DATE|DATETIME",
+                 help="Start of the range covered, inclusive (a date is its 00:00 UTC)."),
+    click.option("--to", "end", metavar="DATE|DATETIME",
+                 help="End of the range covered: a date is included whole, a date-time is "
+                      "exclusive."),
+]
+
+
+def _range(start, end, *, required=False):
+    from . import vonage_records
+
+    if required and not (start and end):
+        raise click.UsageError("--from and --to are both required")
+    if bool(start) != bool(end):
+        raise click.UsageError("give both --from and --to, or neither")
+    if not start:
+        return None, None
+    start, end = vonage_records.parse_moment(start), vonage_records.parse_moment(end, end=True)
+    vonage_records.check_range(start, end)
+    return start, end
+
+
+def _imported_line(name, result):
+    if result.already:
+        return (f"{name}: already imported as import {result.import_id} ({result.rows} records); "
+                f"nothing changed")
+    return (f"{name}: import {result.import_id}: {result.rows} {result.product} records, "
+            f"{result.date_start} .. {result.date_end}")
+
+
+@vonage_records_group.command("import")
+@database_option
+@range_options[0]
+@range_options[1]
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+def vonage_records_import(database, start, end, files):
+    """Import Vonage's records from FILES: the zip of an asynchronous report, the CSV inside
+    it, or the JSON of GET /v2/reports/records (MESSAGES and SMS, outbound).
+
+    One row per message_id in vonage_records: the latest import of a message wins (its
+    import_id says which); the same file again changes nothing. Each file is one transaction:
+    a bad file imports nothing. The range a file covers (what reconciliation compares over)
+    is --from/--to when given, else the JSON's own date_start/date_end, else the whole UTC
+    days its records' date_received span.
+
+    Example: receiver vonage-records import ~/Downloads/MESSAGES_0f1e2d3c.zip
+    """
+    from . import vonage_records
+
+    start, end = _range(start, end)
+    conn = _open(database)
+    for path in files:
+        bar = click.progressbar(length=1, label=os.path.basename(path), file=sys.stderr)
+
+        def total(n, bar=bar):
+            bar.length = max(n, 1)
+
+        with bar:
+            result = vonage_records.import_file(conn, path, start=start, end=end,
+                                                progress=bar.update, total=total)
+        click.echo(_imported_line(path, result), err=True)
+
+
 if __name__ == "__main__":  # pragma: no cover
     cli()
