@@ -19,17 +19,21 @@ The range an import covers (``date_start`` inclusive, ``date_end`` exclusive, on
 link's ``date_start``/``date_end``; else the whole UTC days the rows' ``date_received`` span.
 """
 
+import base64
 import csv
 import hashlib
 import io
 import json
 import os
 import re
+import time
+import urllib.error
+import urllib.request
 import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 from . import money, store
 from .schemas import format_timestamp, parse_timestamp
@@ -313,8 +317,11 @@ def _already(conn, sha256):
                         (sha256,)).fetchone()
 
 
-def _import_csv(conn, name, opener, sha256, source, product, account_id, start, end, progress):
-    """Stream the CSV ``opener()`` gives (binary) into vonage_records, in the current transaction."""
+def _import_csv(conn, file_name, opener, sha256, source, product, account_id, start, end, progress,
+                name=None):
+    """Stream the CSV ``opener()`` gives (binary) into vonage_records, in the current transaction.
+    ``name`` (default ``file_name``) is how errors name it (a zip's member: zip:member)."""
+    name = name or file_name
     try:
         with opener() as raw:
             text = io.TextIOWrapper(io.BufferedReader(_Counted(raw, progress), 1 << 16),
@@ -324,7 +331,8 @@ def _import_csv(conn, name, opener, sha256, source, product, account_id, start, 
             if header is None:
                 raise RecordsError(f"{name}: empty file (not even a header line)")
             product = _check_header(name, header, product)
-            job = _Import(conn, name, sha256, source, product, account_id, start, end)
+            job = _Import(conn, file_name, sha256, source, product, account_id, start, end)
+            job.name = name
             convert = _row_converter(name, header, product, job, lambda: f"line {reader.line_num}")
             chunk = []
             for row in reader:
@@ -454,7 +462,7 @@ def import_file(conn, path, *, start=None, end=None, progress=None, total=None):
     sha256 = _sha256(path)
     done = _already(conn, sha256)
     if done:
-        return Imported(done[0], done[1], done[2], done[3], done[4], already=True)
+        return Imported(*done, already=True)
     with open(path, "rb") as handle:
         head = handle.read(4)
     with store.transaction(conn):
@@ -466,8 +474,8 @@ def import_file(conn, path, *, start=None, end=None, progress=None, total=None):
                     _check_product(name, product)
                 if total:
                     total(member.file_size)
-                return _import_csv(conn, f"{name}:{member.filename}", lambda: archive.open(member),
-                                   sha256, "zip", product, account, start, end, progress)
+                return _import_csv(conn, name, lambda: archive.open(member), sha256, "zip", product,
+                                   account, start, end, progress, name=f"{name}:{member.filename}")
         if head.lstrip()[:1] in (b"{", b"["):
             if total:
                 total(1)
@@ -487,3 +495,114 @@ def check_range(start, end):
     if start is not None and end is not None and not start < end:
         raise RecordsError(f"--from {format_timestamp(start)} is not before --to {format_timestamp(end)}")
 
+
+# --- fetch: GET /v2/reports/records ---------------------------------------------------------
+
+WINDOW = timedelta(hours=24)  # the most the endpoint takes between date_start and date_end
+MIN_INTERVAL_S = 0.2  # at most 5 requests per second
+ATTEMPTS = 6  # per request, when Vonage answers 429 or 5xx
+BACKOFF_S = 1.0  # then 2, 4, 8... unless Retry-After says otherwise
+MAX_WAIT_S = 60.0
+
+
+def windows(start, end):
+    """[start, end) cut into windows of at most 24 hours."""
+    while start < end:
+        yield start, min(start + WINDOW, end)
+        start += WINDOW
+
+
+def _vonage_param(moment):
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") + "Z"
+
+
+class _Client:
+    """GETs to the Reports API with Basic auth, spaced MIN_INTERVAL_S apart, retrying 429 and
+    5xx with backoff (Retry-After honoured); anything else that is not a 200 is one line."""
+
+    def __init__(self, settings, sleep=time.sleep):
+        if not (settings.vonage_api_key and settings.vonage_api_secret):
+            raise RecordsError("fetch needs VONAGE_API_KEY and VONAGE_API_SECRET (the account's API "
+                               "key and secret) in the environment")
+        token = base64.b64encode(f"{settings.vonage_api_key}:{settings.vonage_api_secret}".encode())
+        self.headers = {"Authorization": "Basic " + token.decode(), "Accept": "application/json",
+                        "User-Agent": "dispatch-receiver"}
+        self.base = settings.vonage_reports_url.rstrip("/")
+        self.origin = urlsplit(self.base)[:2]
+        self.sleep, self.last = sleep, None
+
+    def get(self, url):
+        """The body of a 200 answer to ``url``."""
+        if urlsplit(url)[:2] != self.origin:
+            raise RecordsError(f"Vonage linked to {url}, outside {self.base}; not following it")
+        for attempt in range(1, ATTEMPTS + 1):
+            if self.last is not None:
+                self.sleep(max(0.0, self.last + MIN_INTERVAL_S - time.monotonic()))
+            self.last = time.monotonic()
+            try:
+                request = urllib.request.Request(url, headers=self.headers)
+                with urllib.request.urlopen(request, timeout=120) as answer:
+                    return answer.read()
+            except urllib.error.HTTPError as error:
+                body = error.read()
+                if error.code != 429 and error.code < 500:
+                    raise RecordsError(self._refusal(error.code, body)) from None
+                if attempt == ATTEMPTS:
+                    raise RecordsError(f"Vonage answered HTTP {error.code} {ATTEMPTS} times to "
+                                       f"{url}; nothing imported, try again later") from None
+                self.sleep(self._wait(error.headers.get("Retry-After"), attempt))
+            except (urllib.error.URLError, OSError) as error:
+                reason = getattr(error, "reason", error)
+                raise RecordsError(f"cannot reach {self.base} ({reason}); nothing imported") from None
+
+    @staticmethod
+    def _wait(retry_after, attempt):
+        try:
+            return min(MAX_WAIT_S, max(0.0, float(retry_after)))
+        except (TypeError, ValueError):
+            return min(MAX_WAIT_S, BACKOFF_S * 2 ** (attempt - 1))
+
+    @staticmethod
+    def _refusal(status, body):
+        try:
+            answer = json.loads(body)
+            said = ": ".join(str(answer[k]) for k in ("title", "detail") if answer.get(k))
+        except (ValueError, AttributeError, TypeError):
+            said = ""
+        line = f"Vonage answered HTTP {status}" + (f" ({said})" if said else "")
+        if status in (401, 403):
+            line += "; check VONAGE_API_KEY, VONAGE_API_SECRET and VONAGE_ACCOUNT_ID"
+        return line + "; nothing imported"
+
+
+def fetch(conn, settings, start, end, product="MESSAGES", *, progress=None, sleep=time.sleep):
+    """Fetch the outbound records of ``product`` received in [start, end) from the Reports
+    API, 24 hours per request at most, following each answer's ``_links.next``; then import
+    them all as one import (as ``import_file`` does a JSON file). Nothing is written until
+    every page has come. ``progress(1)`` after each window."""
+    _check_product("fetch", product)
+    check_range(start, end)
+    client = _Client(settings, sleep)
+    account = settings.vonage_account_id or settings.vonage_api_key
+    name = f"fetch {format_timestamp(start)}..{format_timestamp(end)}"
+    digest, pages = hashlib.sha256(), []
+    for window_start, window_end in windows(start, end):
+        query = {"account_id": account, "product": product, "direction": "outbound",
+                 "date_start": _vonage_param(window_start), "date_end": _vonage_param(window_end)}
+        url = f"{client.base}/v2/reports/records?{urlencode(query)}"
+        while url:
+            body = client.get(url)
+            digest.update(body)
+            page = _load_json(name, body)
+            if not isinstance(page, dict):
+                raise RecordsError(f"{name}: Vonage's answer to {url} is not a JSON object")
+            pages.append(page)
+            following = ((page.get("_links") or {}).get("next") or {}).get("href")
+            url = urljoin(url, following) if following else None
+        if progress:
+            progress(1)
+    done = _already(conn, digest.hexdigest())
+    if done:
+        return Imported(*done, already=True)
+    with store.transaction(conn):
+        return _import_json(conn, name, pages, digest.hexdigest(), "fetch", start, end)
