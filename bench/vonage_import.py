@@ -7,12 +7,15 @@ init-db`, then times `receiver vonage-records import` as a user runs it (the ins
 command, a process of its own) and reads its peak RSS from getrusage(RUSAGE_CHILDREN).
 Checks every record is there; prints one line per figure; exits non-zero only when the import
 fails or loses records, and says (without failing) whether the targets (60 s, 200 MB) are met.
+The import's CPU time (user + system) and the load average are printed too: on a shared
+machine the wall time says as much about the neighbours as about the import.
 
     python bench/vonage_import.py                    # 1,000,000 records
     python bench/vonage_import.py --records 100000
 """
 
 import argparse
+import os
 import random
 import resource
 import sqlite3
@@ -69,19 +72,23 @@ def main():
         database = tmp / "events.db"
         subprocess.run([str(BIN / "receiver"), "init-db", "--db", str(database)], check=True,
                        capture_output=True)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         began = time.monotonic()
         result = subprocess.run([str(BIN / "receiver"), "vonage-records", "import", "--db", str(database),
                                  str(report)], capture_output=True, text=True)
         seconds = time.monotonic() - began
-        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        peak_mb = after.ru_maxrss / 1024
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         if result.returncode != 0:
             print(result.stderr, file=sys.stderr)
             return 1
         with closing(sqlite3.connect(database)) as conn:
             stored = conn.execute("SELECT count(*) FROM vonage_records").fetchone()[0]
         print(result.stderr.strip().splitlines()[-1])
-        print(f"import: {seconds:.1f} s ({args.records / seconds:,.0f} records/s), peak RSS {peak_mb:.0f} MB, "
-              f"{stored} rows stored, database {database.stat().st_size / 1e6:.0f} MB")
+        print(f"import: {seconds:.1f} s ({args.records / seconds:,.0f} records/s), CPU {cpu:.1f} s, "
+              f"peak RSS {peak_mb:.0f} MB, {stored} rows stored, database "
+              f"{database.stat().st_size / 1e6:.0f} MB, load average {os.getloadavg()[0]:.1f}")
         scale = args.records / 1_000_000
         print(f"targets for 1e6 records: <= {TARGET_S:.0f} s: "
               f"{'met' if seconds <= TARGET_S * scale else 'NOT met'}; peak RSS < {TARGET_MB:.0f} MB: "
