@@ -54,6 +54,7 @@ BENCH_ARGS ?=
 bench: install system-deps
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(BIN)/python bench/vonage_import.py
 
 ## clean: remove what `make` built (the virtualenv, build metadata, test artifacts); never the
 ## databases under var/ (your data)

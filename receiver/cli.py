@@ -514,5 +514,114 @@ def archive_command(database, month, name, directory):
         click.echo("not archived (no arrival time nor event key): " + ", ".join(skipped), err=True)
 
 
+# --- Vonage's own records (receiver/vonage_records.py) --------------------------------------
+
+
+@cli.group("vonage-records")
+def vonage_records_group():
+    """Import Vonage's records of what it sent and billed (its Reports API), to reconcile."""
+
+
+range_options = [
+    click.option("--from", "start", metavar="DATE|DATETIME",
+                 help="Start of the range covered, inclusive (a date is its 00:00 UTC)."),
+    click.option("--to", "end", metavar="DATE|DATETIME",
+                 help="End of the range covered: a date is included whole, a date-time is "
+                      "exclusive."),
+]
+
+
+def _range(start, end, *, required=False):
+    from . import vonage_records
+
+    if required and not (start and end):
+        raise click.UsageError("--from and --to are both required")
+    if bool(start) != bool(end):
+        raise click.UsageError("give both --from and --to, or neither")
+    if not start:
+        return None, None
+    start, end = vonage_records.parse_moment(start), vonage_records.parse_moment(end, end=True)
+    vonage_records.check_range(start, end)
+    return start, end
+
+
+def _imported_line(name, result):
+    if result.already:
+        return (f"{name}: already imported as import {result.import_id} ({result.rows} records); "
+                f"nothing changed")
+    return (f"{name}: import {result.import_id}: {result.rows} {result.product} records, "
+            f"{result.date_start} .. {result.date_end}")
+
+
+@vonage_records_group.command("import")
+@database_option
+@range_options[0]
+@range_options[1]
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+def vonage_records_import(database, start, end, files):
+    """Import Vonage's records from FILES: the zip of an asynchronous report, the CSV inside
+    it, or the JSON of GET /v2/reports/records (MESSAGES and SMS, outbound).
+
+    One row per message_id in vonage_records: the latest import of a message wins (its
+    import_id says which); the same file again changes nothing. Each file is one transaction:
+    a bad file imports nothing. The range a file covers (what reconciliation compares over)
+    is --from/--to when given, else the JSON's own date_start/date_end, else the whole UTC
+    days its records' date_received span.
+
+    Example: receiver vonage-records import ~/Downloads/MESSAGES_0f1e2d3c.zip
+    """
+    from . import vonage_records
+
+    start, end = _range(start, end)
+    conn = _open(database)
+    for path in files:
+        bar = click.progressbar(length=1, label=os.path.basename(path), file=sys.stderr)
+
+        def total(n, bar=bar):
+            bar.length = max(n, 1)
+
+        with bar:
+            result = vonage_records.import_file(conn, path, start=start, end=end,
+                                                progress=bar.update, total=total)
+        click.echo(_imported_line(path, result), err=True)
+
+
+@vonage_records_group.command("fetch")
+@database_option
+@range_options[0]
+@range_options[1]
+@click.option("--product", type=click.Choice(["MESSAGES", "SMS"]), default="MESSAGES",
+              show_default=True, help="The Vonage product whose outbound records to fetch.")
+@click.option("--id", "ids", multiple=True, metavar="MESSAGE_ID[,...]",
+              help="Instead of a range: these messages' records (repeatable, or comma-separated); "
+                   "the ids Vonage has no record of are listed.")
+def vonage_records_fetch(database, start, end, product, ids):
+    """Fetch Vonage's records of the messages it received from us in --from .. --to, from
+    its Reports API (GET /v2/reports/records), and import them as `import` does: one import.
+
+    Needs VONAGE_API_KEY and VONAGE_API_SECRET (VONAGE_ACCOUNT_ID for a subaccount). Asks for
+    24 hours at a time, at most 5 requests a second, and retries 429 and 5xx answers. Nothing
+    is written until every page has come. With --id, looks those messages up instead (an
+    import that covers no range).
+
+    Example: receiver vonage-records fetch --from 2026-11-01 --to 2026-11-30 --product MESSAGES
+    """
+    from . import vonage_records
+
+    ids = [part.strip() for value in ids for part in value.split(",") if part.strip()]
+    if ids and (start or end):
+        raise click.UsageError("give --id or --from/--to, not both")
+    start, end = _range(start, end, required=not ids)
+    settings = _settings(database)
+    conn = _open(database)
+    steps = -(-len(ids) // vonage_records.ID_BATCH) if ids else len(list(vonage_records.windows(start, end)))
+    with _progress(steps, f"Fetching {product} records") as bar:
+        result = vonage_records.fetch(conn, settings, start, end, product, ids=ids, progress=bar.update)
+    click.echo(_imported_line(f"fetch {product}", result), err=True)
+    if result.not_found:
+        shown = ", ".join(result.not_found[:10]) + (", ..." if len(result.not_found) > 10 else "")
+        click.echo(f"{len(result.not_found)} of the ids have no record at Vonage: {shown}", err=True)
+
+
 if __name__ == "__main__":  # pragma: no cover
     cli()

@@ -9,7 +9,7 @@ import sqlite_utils
 from . import views
 
 # Schema version kept in PRAGMA user_version; bump it with each migration below.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS callbacks (
@@ -228,6 +228,53 @@ CREATE TABLE IF NOT EXISTS pruned_keys (
 ) WITHOUT ROWID;
 """
 
+# Schema 3: Vonage's own records of what it sent and billed (Reports API), imported by
+# `receiver vonage-records import|fetch` (receiver/vonage_records.py), one row per message and
+# one per import. Reconciliation views join them on message_id = messages.message_uuid.
+VONAGE_RECORD_TABLES = """
+CREATE TABLE IF NOT EXISTS vonage_record_imports (
+    id INTEGER PRIMARY KEY,
+    file_name TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    source TEXT NOT NULL,
+    product TEXT NOT NULL,
+    account_id TEXT,
+    date_start TEXT NOT NULL,
+    date_end TEXT NOT NULL,
+    row_count INTEGER NOT NULL,
+    imported_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS vonage_record_imports_sha256 ON vonage_record_imports (sha256);
+CREATE INDEX IF NOT EXISTS vonage_record_imports_range ON vonage_record_imports (date_start, date_end);
+
+CREATE TABLE IF NOT EXISTS vonage_records (
+    message_id TEXT PRIMARY KEY,
+    import_id INTEGER NOT NULL REFERENCES vonage_record_imports (id),
+    product TEXT NOT NULL,
+    account_id TEXT,
+    client_ref TEXT,
+    direction TEXT,
+    from_id TEXT,
+    to_id TEXT,
+    provider TEXT,
+    channel TEXT,
+    status TEXT,
+    error_code TEXT,
+    error_code_description TEXT,
+    country TEXT,
+    country_name TEXT,
+    network TEXT,
+    network_name TEXT,
+    date_received TEXT,
+    date_finalized TEXT,
+    latency INTEGER,
+    price TEXT,
+    price_nano INTEGER,
+    currency TEXT
+);
+CREATE INDEX IF NOT EXISTS vonage_records_date_received ON vonage_records (date_received);
+"""
+
 
 class DatabaseError(RuntimeError):
     """A database file the receiver cannot use, said in one line a user can act on."""
@@ -341,11 +388,19 @@ def init_db(path, **kwargs):
             if 0 < version < 2:
                 # Schema 2 adds `workflows`: one row for each dispatch stored before it.
                 store.refresh_all_workflows(conn)
+            _create_vonage_record_tables(conn)
             views.create_views(conn)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         return version
     finally:
         conn.close()
+
+
+def _create_vonage_record_tables(conn):
+    """Schema 3: the tables of Vonage's records (VONAGE_RECORD_TABLES); new, so nothing to copy."""
+    for statement in VONAGE_RECORD_TABLES.split(";"):
+        if statement.strip():
+            conn.execute(statement)
 
 
 def _add_missing_columns(conn):

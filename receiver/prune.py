@@ -59,8 +59,9 @@ WOULD_REMOVE = {
                         AND j.received_at >= :before)""",
 }
 
-# Tables that are neither events nor derived rows.
-BOOKKEEPING = ("receiver_health", "prunes", "pruned_keys")
+# Tables that are neither events nor derived rows (Vonage's imported records included: they
+# are kept whole and never archived with the events).
+BOOKKEEPING = ("receiver_health", "prunes", "pruned_keys", "vonage_record_imports", "vonage_records")
 
 # Event columns that also hold a derived table's keys, besides its own key column: a Dispatch
 # workflow's ``workflows`` row is keyed by its dispatch_uuid.
