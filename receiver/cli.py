@@ -29,6 +29,15 @@ def _open(database, *, readonly=False):
     return db.open_existing(_settings(database), readonly=readonly)
 
 
+def _say_if_behind(conn, consequence):
+    """One line on stderr when the derived rows trail the event log (the writer is deriving
+    them, or is not running): ``consequence`` says what that means for this command."""
+    behind, lag_s = store.projection_behind(conn)
+    if behind:
+        click.echo(f"note: the derived rows are {behind} events behind the event log "
+                   f"(oldest stored {lag_s:.1f} s ago); {consequence}", err=True)
+
+
 class ReceiverGroup(click.Group):
     """The command group, where every command's errors become one line and exit status 1.
 
@@ -302,6 +311,7 @@ def check_command(database):
     conn = _open(database)
     integrity = [row[0] for row in conn.execute("PRAGMA integrity_check")]
     click.echo(f"integrity_check: {', '.join(integrity)}")
+    _say_if_behind(conn, "they are compared as derived up to date")
     differences = store.derived_differences(conn)
     for table, count in differences.items():
         click.echo(f"{table}: {'matches the event log' if not count else f'{count} rows differ from the event log'}")
@@ -384,6 +394,7 @@ def export_billing(database, start, end, output, by):
     Example: receiver export billing --from 2026-11-01 --to 2026-11-30 --by day -o nov.csv
     """
     conn = _open(database, readonly=True)
+    _say_if_behind(conn, "this export leaves out what they have yet to take")
     total = exports.count_billing_rows(conn, by, start, end)
     with _open_output(output) as out, _progress(total, "Exporting billing") as bar:
         totals = exports.write_billing_csv(conn, by, start, end, out, progress=bar)

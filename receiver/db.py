@@ -8,7 +8,8 @@ import sqlite_utils
 from . import views
 
 # Schema version kept in PRAGMA user_version; bump it with each migration below.
-SCHEMA_VERSION = 2
+# 3 (branch i17-writer): the `projection` position and its triggers (PROJECTION below).
+SCHEMA_VERSION = 3
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS callbacks (
@@ -203,6 +204,14 @@ CREATE TABLE IF NOT EXISTS rejected_callbacks (
 CREATE INDEX IF NOT EXISTS rejected_callbacks_received_at ON rejected_callbacks (received_at);
 CREATE INDEX IF NOT EXISTS rejected_callbacks_pending ON rejected_callbacks (reprocessed_at, id);
 
+CREATE TABLE IF NOT EXISTS projection (
+    -- How far the derived rows (messages, dispatches, workflows) have been derived from the
+    -- event log: the last status_events and final_reports ids merged (store.project).
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    status_event_id INTEGER NOT NULL,
+    final_report_id INTEGER NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS receiver_health (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     checked_at TEXT NOT NULL,
@@ -226,6 +235,32 @@ CREATE TABLE IF NOT EXISTS pruned_keys (
     PRIMARY KEY (table_name, key)
 ) WITHOUT ROWID;
 """
+
+
+# Schema 3 (its own step, kept apart from other migrations): the projection's position row,
+# and triggers that keep it from pointing past the end of an event table (`receiver prune`
+# can remove the newest rows; SQLite then hands their ids out again, and the projection must
+# not skip the new rows). They fire on deletes only: nothing on the write path.
+PROJECTION = [
+    # A file from before schema 3 has every event derived already (inline); a new one has none.
+    """INSERT OR IGNORE INTO projection (id, status_event_id, final_report_id) VALUES (1,
+        (SELECT coalesce(max(id), 0) FROM status_events),
+        (SELECT coalesce(max(id), 0) FROM final_reports))""",
+    """CREATE TRIGGER IF NOT EXISTS projection_status_events_pruned
+    AFTER DELETE ON status_events
+    WHEN old.id >= (SELECT status_event_id FROM projection WHERE id = 1)
+    BEGIN
+        UPDATE projection SET status_event_id = (SELECT coalesce(max(id), 0) FROM status_events)
+        WHERE id = 1 AND status_event_id > (SELECT coalesce(max(id), 0) FROM status_events);
+    END""",
+    """CREATE TRIGGER IF NOT EXISTS projection_final_reports_pruned
+    AFTER DELETE ON final_reports
+    WHEN old.id >= (SELECT final_report_id FROM projection WHERE id = 1)
+    BEGIN
+        UPDATE projection SET final_report_id = (SELECT coalesce(max(id), 0) FROM final_reports)
+        WHERE id = 1 AND final_report_id > (SELECT coalesce(max(id), 0) FROM final_reports);
+    END""",
+]
 
 
 class DatabaseError(RuntimeError):
@@ -324,6 +359,8 @@ def init_db(path, **kwargs):
             if 0 < version < 2:
                 # Schema 2 adds `workflows`: one row for each dispatch stored before it.
                 store.refresh_all_workflows(conn)
+            for statement in PROJECTION:
+                conn.execute(statement)
             views.create_views(conn)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         return version

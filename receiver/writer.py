@@ -95,25 +95,30 @@ class _Pending:
 
 
 class GroupCommitWriter:
-    """Serialises this process's writes through one connection, committing them in batches."""
+    """Serialises this process's writes through one connection, committing them in batches.
 
-    def __init__(self, settings):
+    ``deferred=False`` (the in-process writer of the Flask test client and the CLI) derives
+    the rows of each write in its own transaction; ``deferred=True`` (the writer process)
+    commits event rows only and derives them afterwards with ``project_pending``.
+    """
+
+    def __init__(self, settings, deferred=False):
         self.settings = settings
+        self.deferred = deferred
         self._lock = threading.Lock()
         self._pid = None
         self._queue = None
         self._conn = None
         self.batches = 0
         self.writes = 0
+        self.last_commit = None  # time.monotonic() of the last successful commit
+        self.unprojected = 0  # writes committed since the last projection (deferred)
+        self.unprojected_since = None  # time.monotonic() of the first of them
+        self.project_after = 0.0  # time.monotonic() before which no projection is tried
 
     def run(self, operation, *args, **kwargs):
-        """Run the store operation named ``operation`` (see OPERATIONS) and return its result.
-
-        The request and the result travel through the socket writer's frame encoding, so
-        whatever the app sends is checked to cross a process boundary as plain data.
-        """
-        result = self.submit(decode_request(encode_request(operation, args, kwargs)))
-        return decode_value(json.loads(json.dumps(encode_value(result))))
+        """Run the store operation named ``operation`` (see OPERATIONS) and return its result."""
+        return self.submit(work(operation, args, kwargs))
 
     def submit(self, work):
         """Run ``work(conn)`` inside a committed transaction and return its result.
@@ -163,8 +168,13 @@ class GroupCommitWriter:
     def commit_batch(self, batch):
         """Run a batch of pending writes in one synced transaction; set each one's outcome.
 
-        Called by one thread only (the writer thread, or the WriterServer's loop).
+        Called by one thread only (the writer thread, or the WriterServer's loop). Health
+        probes alone, within HEALTH_FRESH_S of a successful commit, are answered from it.
         """
+        if all(getattr(p.work, "health", False) for p in batch) and self._fresh():
+            for pending in batch:
+                pending.result = self.health()
+            return
         started = time.perf_counter()
         try:
             if self._conn is None:
@@ -179,9 +189,24 @@ class GroupCommitWriter:
         metrics.observe_batch(len(batch), time.perf_counter() - started, self.queued())
 
     def _fail(self, batch, failure):
+        self.last_commit = None  # health probes write again until a commit succeeds
         for pending in batch:
             pending.result, pending.error = None, failure
         self._conn = self._reset(self._conn)
+
+    def _fresh(self):
+        return (self.last_commit is not None
+                and time.monotonic() - self.last_commit < HEALTH_FRESH_S)
+
+    def health(self):
+        """What a health probe answers once the database took a write: the projection's lag."""
+        lag = 0.0 if not self.unprojected else time.monotonic() - self.unprojected_since
+        return {"projection_behind": self.unprojected, "projection_lag_ms": round(lag * 1000)}
+
+    def _derive(self, conn):
+        """Derive what the write just stored, in its transaction (not when deferred)."""
+        if not self.deferred:
+            store.project(conn)
 
     def _commit(self, conn, batch):
         conn.execute("BEGIN IMMEDIATE")
@@ -190,6 +215,7 @@ class GroupCommitWriter:
                 conn.execute("SAVEPOINT item")
                 try:
                     pending.result = pending.work(conn)
+                    self._derive(conn)
                 except Exception as error:
                     if isinstance(error, sqlite3.Error) and is_database_failure(error):
                         raise  # the database itself is failing: the whole batch fails
@@ -206,11 +232,42 @@ class GroupCommitWriter:
                 except sqlite3.Error:
                     pass
             raise
+        self.last_commit = time.monotonic()
         self.batches += 1
         self.writes += len(batch)
+        if self.deferred:
+            if not self.unprojected:
+                self.unprojected_since = self.last_commit
+            self.unprojected += sum(getattr(p.work, "planned", None) is not None for p in batch)
+        for pending in batch:
+            if getattr(pending.work, "health", False) and pending.error is None:
+                pending.result = self.health()
 
-    @staticmethod
-    def _store_planned_together(conn, batch):
+    def project_pending(self):
+        """Derive the rows of what was committed since the last projection, in one
+        transaction of its own (not synced: a crash rolls it back with its position, and the
+        next synced commit syncs it); returns how many events it took. A failure is logged
+        and retried a second later: the events are safe, the lag grows (and alerts)."""
+        try:
+            if self._conn is None:
+                self._conn = db.connect_settings(self.settings)
+            conn = self._conn
+            conn.execute("PRAGMA synchronous = NORMAL")
+            try:
+                with store.transaction(conn):
+                    taken = store.project(conn)
+            finally:
+                conn.execute(f"PRAGMA synchronous = {self.settings.synchronous}")
+        except Exception as error:  # noqa: BLE001 - the writer must outlive a failed projection
+            log.error("projection failed, retrying in 1 s: %r", error)
+            self.project_after = time.monotonic() + 1.0
+            if isinstance(error, sqlite3.Error) and is_database_failure(error):
+                self._conn = self._reset(self._conn)
+            return 0
+        self.unprojected, self.unprojected_since = 0, None
+        return taken
+
+    def _store_planned_together(self, conn, batch):
         """Store the batch's planned callbacks with one set-based store_batch; return the
         writes left to run one by one (all of them if one planned callback fails: the others
         then go on without it)."""
@@ -220,6 +277,7 @@ class GroupCommitWriter:
         conn.execute("SAVEPOINT together")
         try:
             results = store.store_batch(conn, [p.work.planned for p in planned])
+            self._derive(conn)
         except Exception as error:
             if isinstance(error, sqlite3.Error) and is_database_failure(error):
                 raise
@@ -249,10 +307,12 @@ class GroupCommitWriter:
 # What a writer can be asked to do: store.<function>(conn, *args, **kwargs).
 OPERATIONS = {
     "store_planned": store.store_planned,
-    "store_callback": store.store_callback,
     "store_rejection": store.store_rejection,
     "record_health": store.record_health,
 }
+# A health probe is answered without a write of its own within this long of a successful
+# commit (that commit proved the database takes writes); else it writes, in a group commit.
+HEALTH_FRESH_S = 1.0
 _SIGNATURES = {name: inspect.signature(function) for name, function in OPERATIONS.items()}
 
 
@@ -276,6 +336,7 @@ def work(operation, args, kwargs):
 
     # A planned callback can be stored together with its batch-mates (store.store_batch).
     run.planned = args[0] if operation == "store_planned" else None
+    run.health = operation == "record_health"
     return run
 
 
@@ -427,10 +488,15 @@ def _send_frame(sock, payload):
 
 # --- where the writer is, and whether it is alive -------------------------------------------
 
-# The writer beats (sets its socket file's mtime to time.monotonic_ns()) this often; workers
-# answer 503 at once when the beat is older than STALE_S (a request in flight too); the
-# supervisor replaces a writer whose beat is older than HUNG_S (stopped, or stuck).
+# The writer beats (changes its socket file's mtime to its next beat number) this often;
+# workers answer 503 once they have seen no change for STALE_S (a request in flight too); the
+# supervisor replaces a writer it has seen no change from for HUNG_S (stopped, or stuck).
+# Each side times the change with its own clock: no clock is compared with another process's,
+# so a shifted or faked clock (libfaketime) cannot make a live writer look stale.
 HEARTBEAT_S = 0.1
+# The writer process derives the rows of committed events (store.project) once they are this
+# old, in one batch: the projection's lag under load, about (see bench/README.md).
+PROJECT_EVERY_S = 0.02
 STALE_S = 0.5
 HUNG_S = 2.0
 LOCK_SUFFIX = ".writer-lock"
@@ -458,19 +524,27 @@ def _private_directory(path):
         raise RuntimeError(f"{path} must be a directory of user {os.getuid()} with mode 0700")
 
 
-def heartbeat_age(path):
-    """(seconds since the writer at ``path`` last beat, the socket file's inode).
+class Heartbeat:
+    """What one process has seen of the writer's beat at ``path``: ``age()`` is how long (by
+    this process's own monotonic clock) the socket file's (inode, mtime) has stayed as it is."""
 
-    Raises FileNotFoundError when there is no socket. A beat is a CLOCK_MONOTONIC time (shared
-    by every process of the machine) stored as the mtime: a wall-clock step does not matter.
-    """
-    info = os.stat(path)
-    return abs(time.monotonic_ns() - info.st_mtime_ns) / 1e9, info.st_ino
+    def __init__(self, path):
+        self.path = path
+        self._seen = (None, 0.0)  # ((inode, mtime_ns), when first seen)
+
+    def age(self):
+        """(seconds without a beat, the socket's inode); FileNotFoundError when no socket."""
+        info = os.stat(self.path)
+        beat, now = (info.st_ino, info.st_mtime_ns), time.monotonic()
+        seen, since = self._seen
+        if beat != seen:
+            self._seen = (beat, now)
+            return 0.0, info.st_ino
+        return now - since, info.st_ino
 
 
-def _beat(path):
-    now = time.monotonic_ns()
-    os.utime(path, ns=(now, now))
+def _beat(path, number):
+    os.utime(path, ns=(number, number))
 
 
 def lock_holder(lock_path):
@@ -494,7 +568,7 @@ class WriterServer:
     """
 
     def __init__(self, settings, path):
-        self.writer = GroupCommitWriter(settings)
+        self.writer = GroupCommitWriter(settings, deferred=True)
         self.path = path
         self.max_frame = max_frame(settings)
         _private_directory(os.path.dirname(path))
@@ -505,7 +579,7 @@ class WriterServer:
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(path)
         self.inode = os.stat(path).st_ino
-        _beat(path)
+        _beat(path, 1)
         self.listener.listen(512)
         self._stopped = threading.Event()
         self._wake_lock = threading.Lock()
@@ -520,9 +594,11 @@ class WriterServer:
 
     def heartbeat(self):
         """Beat every HEARTBEAT_S until stopped (run in a thread of its own)."""
+        number = 1
         while not self._stopped.wait(HEARTBEAT_S):
+            number += 1
             try:
-                _beat(self.path)
+                _beat(self.path, number)
             except OSError as error:
                 log.error("writer heartbeat failed: %s", error)
 
@@ -535,16 +611,24 @@ class WriterServer:
         selector.register(self.listener, selectors.EVENT_READ)
         selector.register(self._wake_r, selectors.EVENT_READ)
         buffers = {}
+        writer = self.writer
+        writer.unprojected, writer.unprojected_since = 1, time.monotonic()  # a kill -9 may have left some
         try:
             while not self._stopped.is_set():
                 try:
-                    self._serve_once(selector, buffers, timeout=1.0)
+                    self._serve_once(selector, buffers,
+                                     timeout=PROJECT_EVERY_S if writer.unprojected else 1.0)
+                    if writer.unprojected and time.monotonic() >= max(
+                            writer.project_after, writer.unprojected_since + PROJECT_EVERY_S):
+                        writer.project_pending()
                 except Exception:  # noqa: BLE001 - the writer must outlive any one bug
                     log.exception("writer loop error; serving on")
-            # Stopping: no new connections; answer the requests already here, then close.
+            # Stopping: no new connections; answer the requests already here, derive what is
+            # left (a graceful stop leaves the projection caught up), then close.
             selector.unregister(self.listener)
             self.listener.close()
             self._serve_once(selector, buffers, timeout=0)
+            writer.project_pending()
         finally:
             for conn in buffers:
                 conn.close()
@@ -661,11 +745,12 @@ class RemoteWriter:
         self.settings = settings
         self.path = path
         self._local = threading.local()
+        self.heartbeat = Heartbeat(path)
 
     def alive(self):
         """The socket's inode when the writer beats; else StorageError saying why."""
         try:
-            age, inode = heartbeat_age(self.path)
+            age, inode = self.heartbeat.age()
         except FileNotFoundError:
             raise StorageError("writer not running (no socket)") from None
         except OSError as error:
@@ -857,6 +942,7 @@ class Supervisor:
         self.socket_path, self.lock_path = endpoint_paths(settings.db_path)
         self.procs = []
         self.restarts = 0
+        self._holder, self._heartbeat = None, None
         self._stopping = threading.Event()
         self._thread = None
 
@@ -866,9 +952,9 @@ class Supervisor:
         _private_directory(os.path.dirname(self.socket_path))
         self._spawn()
         deadline = time.monotonic() + ready_timeout
-        while time.monotonic() < deadline and not self._beating():
+        while time.monotonic() < deadline and not self._listening():
             time.sleep(0.02)
-        if not self._beating():
+        if not self._listening():
             self.log.warning("writer not ready after %.0f s: answering 503 until it is",
                              ready_timeout)
         self._thread = threading.Thread(target=self._watch, name="writer-supervisor",
@@ -876,11 +962,14 @@ class Supervisor:
         self._thread.start()
         return self
 
-    def _beating(self):
-        try:
-            return heartbeat_age(self.socket_path)[0] <= STALE_S
-        except OSError:
-            return False
+    def _listening(self):
+        """True once a writer accepts connections at the socket."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(self.socket_path)
+            except OSError:
+                return False
+        return True
 
     def _spawn(self):
         # fork + exec: the child starts from nothing of the master's (no threads, no SQLite).
@@ -916,22 +1005,23 @@ class Supervisor:
                 backoff = 0.0 if ran > 10 else min(max(backoff * 2, 0.1), 2.0)
                 self.restarts += 1
             holder = self.serving()
-            if holder is not None and self._hung():
+            if holder is not None and self._hung(holder):
                 self.log.error("writer process %d has not beaten for %.0f s: replacing it",
                                holder, HUNG_S)
                 os.kill(holder, signal.SIGKILL)
             if len(self.procs) < self.PROCESSES and not self._stopping.wait(backoff):
                 self._spawn()
 
-    def _hung(self):
-        """No beat for HUNG_S from a writer that has held the lock at least that long (a
-        standby that just took over has not bound its socket yet)."""
+    def _hung(self, holder):
+        """No beat seen for HUNG_S while ``holder`` held the lock all along (a standby that
+        just took over, and has not bound its socket yet, starts a fresh count)."""
+        if holder != self._holder:
+            self._holder, self._heartbeat = holder, Heartbeat(self.socket_path)
         try:
-            age, _ = heartbeat_age(self.socket_path)
-            held = time.time() - os.stat(self.lock_path).st_mtime
+            age, _ = self._heartbeat.age()
         except OSError:
             return False
-        return age > HUNG_S and held > HUNG_S
+        return age > HUNG_S
 
     def stop(self, timeout=10.0):
         """Let the writers finish (the serving one answers what it has, closes, exits); kill

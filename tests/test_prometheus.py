@@ -136,14 +136,15 @@ def test_counters_add_up_across_every_worker(receiver):
     assert total(found, "receiver_signature_results_total", result="unsigned") == posted
     assert total(found, "receiver_request_duration_seconds_count") == posted
     # Every new callback's lag, by channel; the writer counted its batches: every callback
-    # and rejection went through one, and each /healthz (its write proves the file writable).
+    # and rejection went through one, and each /healthz that came more than a second after
+    # the last commit (a fresher commit already proves the file writable).
     assert total(found, "receiver_callback_lag_seconds_count") == DISTINCT
     assert {dict(pairs).get("channel") for (n, pairs) in found
             if n == "receiver_callback_lag_seconds_count"} >= {"sms", "whatsapp", "none"}
     health_checks = sum(1 for line in json_lines(receiver)
                         if line["logger"] == "gunicorn.access" and line["path"] == "/healthz")
     written = total(found, "receiver_writer_batch_size_sum")
-    assert written == posted + health_checks
+    assert posted <= written <= posted + health_checks
     assert 0 < total(found, "receiver_writer_batch_size_count") <= written
     assert total(found, "receiver_database_size_bytes") > 0
     assert time.time() - total(found, "receiver_last_callback_timestamp_seconds") < 600
