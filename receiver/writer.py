@@ -488,7 +488,7 @@ def _send_frame(sock, payload):
 
 # --- where the writer is, and whether it is alive -------------------------------------------
 
-# The writer beats (changes its socket file's mtime to its next beat number) this often;
+# The writer beats (sets its socket file's mtime to its next beat number) this often;
 # workers answer 503 once they have seen no change for STALE_S (a request in flight too); the
 # supervisor replaces a writer it has seen no change from for HUNG_S (stopped, or stuck).
 # Each side times the change with its own clock: no clock is compared with another process's,
@@ -524,6 +524,14 @@ def _private_directory(path):
         raise RuntimeError(f"{path} must be a directory of user {os.getuid()} with mode 0700")
 
 
+def pause(event, seconds):
+    """Sleep ``seconds``, then say whether ``event`` is set. Not ``event.wait(seconds)``: a
+    timed wait on a lock takes an absolute CLOCK_MONOTONIC deadline that libfaketime fakes
+    and the kernel does not, so under a faked clock it never times out."""
+    time.sleep(seconds)
+    return event.is_set()
+
+
 class Heartbeat:
     """What one process has seen of the writer's beat at ``path``: ``age()`` is how long (by
     this process's own monotonic clock) the socket file's (inode, mtime) has stayed as it is."""
@@ -544,7 +552,8 @@ class Heartbeat:
 
 
 def _beat(path, number):
-    os.utime(path, ns=(number, number))
+    # Whole seconds: libfaketime's stat() keeps only the seconds of a file time.
+    os.utime(path, (number, number))
 
 
 def lock_holder(lock_path):
@@ -595,7 +604,7 @@ class WriterServer:
     def heartbeat(self):
         """Beat every HEARTBEAT_S until stopped (run in a thread of its own)."""
         number = 1
-        while not self._stopped.wait(HEARTBEAT_S):
+        while not pause(self._stopped, HEARTBEAT_S):
             number += 1
             try:
                 _beat(self.path, number)
@@ -873,7 +882,7 @@ def take_lock(lock_path, stopping):
                 log.info("writer: standing by while another writer (pid %s) serves %s",
                          lock_holder(lock_path), lock_path[:-len(LOCK_SUFFIX)])
                 waiting = True
-            if stopping.wait(0.05):
+            if pause(stopping, 0.05):
                 os.close(fd)
                 return None
     os.ftruncate(fd, 0)
@@ -990,7 +999,7 @@ class Supervisor:
 
     def _watch(self):
         backoff = 0.0
-        while not self._stopping.wait(0.1):
+        while not pause(self._stopping, 0.1):
             for proc in list(self.procs):
                 code = proc.poll()
                 if code is None:
@@ -1009,7 +1018,7 @@ class Supervisor:
                 self.log.error("writer process %d has not beaten for %.0f s: replacing it",
                                holder, HUNG_S)
                 os.kill(holder, signal.SIGKILL)
-            if len(self.procs) < self.PROCESSES and not self._stopping.wait(backoff):
+            if len(self.procs) < self.PROCESSES and not pause(self._stopping, backoff):
                 self._spawn()
 
     def _hung(self, holder):
