@@ -287,6 +287,10 @@ def connect(path, *, synchronous="FULL", busy_timeout_ms=10_000, readonly=False,
     if not readonly:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {synchronous}")
+        # The writer's per-write SAVEPOINT spills its statement journal to a temporary file
+        # once a batch passes 64 KiB; in memory: -25 % to -17 % CPU per callback stored
+        # (measured in process, bench/README.md).
+        conn.execute("PRAGMA temp_store = MEMORY")
     conn.execute("PRAGMA foreign_keys = ON")
     return conn
 
