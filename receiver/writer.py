@@ -36,7 +36,6 @@ import socket
 import sqlite3
 import stat
 import struct
-import subprocess
 import sys
 import tempfile
 import threading
@@ -932,6 +931,72 @@ def main():
     return 0
 
 
+def _inheritable_fds():
+    fds = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.get_inheritable(int(name)):
+                fds.append(int(name))
+        except OSError:
+            pass  # the directory's own descriptor, closed by now
+    return fds
+
+
+class WriterProcess:
+    """``python -m receiver.writer``, its stdin a pipe from the master (closing it, or the
+    master's death, tells it to finish).
+
+    Started with ``os.posix_spawn``, not ``subprocess.Popen``: Popen waits for its child's
+    exec on a pipe, and a worker gunicorn forks meanwhile inherits that pipe, so Popen (and
+    the supervisor) would wait until that worker exits.
+    """
+
+    def __init__(self):
+        read, self.stdin = os.pipe()
+        try:
+            # Nothing of the master's but stdout and stderr (e.g. not gunicorn's listening
+            # sockets, which it keeps inheritable for USR2).
+            closes = [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable_fds() if fd > 2]
+            self.pid = os.posix_spawn(sys.executable, [sys.executable, "-m", "receiver.writer"],
+                                      os.environ,
+                                      file_actions=[(os.POSIX_SPAWN_DUP2, read, 0), *closes])
+        except BaseException:
+            os.close(self.stdin)
+            raise
+        finally:
+            os.close(read)
+        self.started = time.monotonic()
+        self.code = None
+
+    def poll(self):
+        """None while it runs, else its exit status (None-safe: gunicorn's arbiter reaps
+        every child with waitpid(-1) and may take the status first; then it says 0)."""
+        if self.code is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = self.pid, 0
+            if pid == 0:
+                return None
+            self.code = os.waitstatus_to_exitcode(status)
+        return self.code
+
+    def wait(self, timeout):
+        """True once it has exited (polled, within ``timeout`` s)."""
+        deadline = time.monotonic() + timeout
+        while self.poll() is None:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def close(self):
+        """Close its stdin: it answers what it has, derives what is left, and exits."""
+        if self.stdin is not None:
+            os.close(self.stdin)
+            self.stdin = None
+
+
 class Supervisor:
     """In the gunicorn master: keep a writer process serving, and one more standing by.
 
@@ -956,10 +1021,13 @@ class Supervisor:
         self._thread = None
 
     def start(self, ready_timeout=10.0):
-        """Start the writer, wait (up to ``ready_timeout``) until a writer beats, then the
-        standby (from the watching thread); returns self."""
+        """Start the writer and its standby, wait (up to ``ready_timeout``) until one serves,
+        then watch them from a thread; returns self.
+
+        """
         _private_directory(os.path.dirname(self.socket_path))
-        self._spawn()
+        for _ in range(self.PROCESSES):
+            self._spawn()
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline and not self._listening():
             time.sleep(0.02)
@@ -982,15 +1050,13 @@ class Supervisor:
 
     def _spawn(self):
         # fork + exec: the child starts from nothing of the master's (no threads, no SQLite).
-        proc = subprocess.Popen([sys.executable, "-m", "receiver.writer"],
-                                stdin=subprocess.PIPE, close_fds=True)
-        proc.started = time.monotonic()
+        proc = WriterProcess()
         self.procs.append(proc)
         self.log.info("writer process %d started", proc.pid)
 
     def inherited_fds(self):
         """File descriptors a forked worker must close (the writers' stdin pipes)."""
-        return [proc.stdin.fileno() for proc in list(self.procs) if not proc.stdin.closed]
+        return [proc.stdin for proc in list(self.procs) if proc.stdin is not None]
 
     def serving(self):
         """The pid of our writer that holds the lock (None: none of ours serves)."""
@@ -1004,10 +1070,8 @@ class Supervisor:
                 code = proc.poll()
                 if code is None:
                     continue
-                # gunicorn's arbiter reaps every child (waitpid(-1)) and may take the exit
-                # status first: Popen then says 0, so the code is only a hint.
                 self.log.error("writer process %d is gone (exit status %s)", proc.pid, code)
-                proc.stdin.close()
+                proc.close()
                 self.procs.remove(proc)
                 # Writers that keep dying at once (a bad path, a full disk) are retried less often.
                 ran = time.monotonic() - proc.started
@@ -1039,18 +1103,13 @@ class Supervisor:
         if self._thread is not None:
             self._thread.join(2)
         for proc in self.procs:
-            try:
-                proc.stdin.close()
-            except OSError:
-                pass
+            proc.close()
         deadline = time.monotonic() + timeout
         for proc in self.procs:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+            if not proc.wait(max(0.1, deadline - time.monotonic())):
                 self.log.error("writer process %d did not stop in %.0f s: killed", proc.pid,
                                timeout)
-                proc.kill()
+                os.kill(proc.pid, signal.SIGKILL)
                 proc.wait(5)
 
 

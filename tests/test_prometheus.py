@@ -176,7 +176,7 @@ def test_metrics_needs_the_token(receiver):
 def test_alert_rules_pass_promtool_and_their_unit_tests():
     checked = promtool("check", "rules", "alerts.yml")
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "4 rules found" in checked.stdout
+    assert "5 rules found" in checked.stdout
     tested = promtool("test", "rules", "alerts_test.yml")
     assert tested.returncode == 0, tested.stdout + tested.stderr
     assert "SUCCESS" in tested.stdout
@@ -264,7 +264,7 @@ def test_prometheus_scrapes_the_receiver_and_reads_the_counters(receiver, tmp_pa
         def evaluated():
             rules = [rule for group in prometheus.api("rules")["groups"]
                      for rule in group["rules"]]
-            return len(rules) == 4 and all(r["health"] == "ok" for r in rules) and rules
+            return len(rules) == 5 and all(r["health"] == "ok" for r in rules) and rules
         rules = prometheus.wait_for(evaluated, "the alert rules evaluated")
         assert {r["name"] for r in rules} == {"ReceiverNoCallbacks", "ReceiverStorageErrors",
                                               "ReceiverSignatureFailures",
