@@ -268,7 +268,8 @@ def test_prometheus_scrapes_the_receiver_and_reads_the_counters(receiver, tmp_pa
         rules = prometheus.wait_for(evaluated, "the alert rules evaluated")
         assert {r["name"] for r in rules} == {"ReceiverNoCallbacks", "ReceiverStorageErrors",
                                               "ReceiverSignatureFailures",
-                                              "ReceiverCallbackLagHigh"}
+                                              "ReceiverCallbackLagHigh",
+                                              "ReceiverProjectionBehind"}
         assert [r["name"] for r in rules if r["state"] == "firing"] == []
     finally:
         prometheus.stop()
