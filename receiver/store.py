@@ -104,6 +104,13 @@ ON CONFLICT (sha256) DO UPDATE SET
     last_received_at = max(last_received_at, excluded.last_received_at)
 """
 INSERT_STATUS_EVENT = _insert_sql("status_events", ("callback_id", *rows.STATUS_EVENT_COLUMNS))
+# Fixed column lists: a plan arrives over the writer's socket, so its keys never name columns.
+INSERT_FINAL_REPORT = _insert_sql("final_reports", (
+    "callback_id", "dispatch_uuid", "template", "status", "timestamp", "price", "price_nano",
+    "currency", "message_count", "received_at"))
+INSERT_REPORT_ITEM = _insert_sql("final_report_messages", (
+    "final_report_id", "dispatch_uuid", "position", "message_uuid", "channel", "status",
+    "status_rank", "price", "price_nano", "currency"))
 
 
 def store_batch(conn, plans):
@@ -128,9 +135,9 @@ def store_batch(conn, plans):
             events.append({**planned["event"], "callback_id": ids[sha256]})
         else:
             report = {**planned["report"], "callback_id": ids[sha256]}
-            report_id = _insert(conn, "final_reports", report)
-            for item in planned["items"]:
-                _insert(conn, "final_report_messages", {**item, "final_report_id": report_id})
+            report_id = conn.execute(INSERT_FINAL_REPORT, report).lastrowid
+            conn.executemany(INSERT_REPORT_ITEM, [{**item, "final_report_id": report_id}
+                                                  for item in planned["items"]])
     conn.executemany(INSERT_STATUS_EVENT, events)
     return results
 

@@ -43,8 +43,7 @@ import time
 import typing
 
 from . import db, metrics, store
-from .callbacks import Callback, Rejection
-from .signatures import Signature
+from .callbacks import Rejection
 
 log = logging.getLogger("receiver.writer")
 
@@ -405,8 +404,6 @@ def _b64decode(text, what):
 
 _TYPES = [
     _FrameType.of_dataclass("Delivery", store.Delivery),
-    _FrameType.of_dataclass("Signature", Signature),
-    _FrameType.of_dataclass("Callback", Callback),
     _FrameType.of_dataclass("Stored", store.Stored),
     _FrameType("Rejection", Rejection,
                [("http_status", (int,), False), ("reason", (str,), False),

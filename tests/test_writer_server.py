@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from payloads import dumps, status
+from payloads import dumps, final_report, status
 from receiver import store
 from receiver.callbacks import Rejection, parse
 from receiver.rows import plan
@@ -263,3 +263,16 @@ def test_gunicorn_starts_a_writer_and_a_standby_and_workers_at_the_nice_asked(
         assert workers == [master + expected] * 2
     finally:
         assert server.stop() == []  # the writer too is gone after a TERM to the group
+
+
+def test_a_plans_keys_never_become_sql(server, rows, db_path):
+    """A plan crosses the socket as plain JSON: its keys are bound parameters, never column
+    names, so a key written as SQL runs nothing."""
+    body = dumps(final_report("d-sql"))
+    planned = plan(parse(body), delivery(body))
+    planned["report"]["dispatch_uuid) VALUES ('x'); DROP TABLE messages; --"] = "x"
+    remote = client(server)
+    remote.run("store_planned", planned)
+    remote.close()
+    assert rows(db_path, "SELECT count(*) AS n FROM messages") == [{"n": 0}]
+    assert rows(db_path, "SELECT dispatch_uuid FROM final_reports") == [{"dispatch_uuid": "d-sql"}]
