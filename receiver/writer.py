@@ -3,21 +3,27 @@
 Requests hand their write to the writer and wait. The writer takes everything queued, runs it
 in one ``BEGIN IMMEDIATE`` transaction, commits (synced to disk with ``synchronous=FULL``) and
 only then answers the requests, so no request is answered before its data is durable, while one
-fsync serves a whole batch.
+fsync serves a whole batch. The writer process commits the event rows only and derives the
+``messages``, ``dispatches`` and ``workflows`` rows right after (``store.project``, every
+PROJECT_EVERY_S), in a transaction of its own.
 
-Under gunicorn the writer is a process of its own (``python -m receiver.writer``), started and
-watched by a thread of the master (``Supervisor``), the way the master itself watches workers:
-the master holds no SQLite connection when it forks workers, and a writer that dies or hangs is
-replaced by a standby within a fraction of a second while the workers answer a fast 503.
-Workers reach it through a Unix socket in a private directory, named after the database
-(``endpoint_paths``), so that the workers of a second master (``kill -USR2``) reach the same
-writer; the socket file's mtime is the writer's heartbeat. Two writers never run on one file:
-the serving one holds an exclusive flock on ``<database>.writer-lock``, and the others (the
-standby, a second master's) wait for it without opening the database. Frames are JSON with
-typed fields (``encode_request``): nothing that reaches the socket can run code.
+Under gunicorn the writer is a process of its own (``python -m receiver.writer``); each piece
+here is named for the one fault it handles:
+- ``WriterProcess``/``Supervisor`` (a thread of the master): a writer that exits or is killed
+  is replaced, a standby writer already started taking over within one lock poll; a writer that
+  hangs (no ``Heartbeat`` change for HUNG_S) is killed and so replaced.
+- the writer lock (``take_lock``): two writers never run on one file (gunicorn's USR2 starts a
+  second master with writers of its own; they wait).
+- ``Heartbeat``: a worker answers a fast 503 when the writer is gone or hung, timed with the
+  worker's own clock (a shifted clock cannot fake it).
+- frames (``encode_request``): plain JSON with typed fields, so nothing that reaches the
+  socket can run code.
+The master holds no SQLite connection when it forks; the workers reach the writer through a
+Unix socket in a private directory, named after the database (``endpoint_paths``), so that the
+workers of a second master reach the same writer.
 
 Without gunicorn (the Flask test client, the CLI) the app writes through an in-process
-``GroupCommitWriter`` thread, its requests and results round-tripped through the same frames.
+``GroupCommitWriter`` thread, called directly (no frames), deriving in the same transaction.
 """
 
 import base64
@@ -1019,9 +1025,7 @@ class Supervisor:
 
     def start(self, ready_timeout=10.0):
         """Start the writer and its standby, wait (up to ``ready_timeout``) until one serves,
-        then watch them from a thread; returns self.
-
-        """
+        then watch them from a thread; returns self."""
         _private_directory(os.path.dirname(self.socket_path))
         for _ in range(self.PROCESSES):
             self._spawn()
@@ -1046,7 +1050,7 @@ class Supervisor:
         return True
 
     def _spawn(self):
-        # fork + exec: the child starts from nothing of the master's (no threads, no SQLite).
+        # spawn + exec: the child starts from nothing of the master's (no threads, no SQLite).
         proc = WriterProcess()
         self.procs.append(proc)
         self.log.info("writer process %d started", proc.pid)

@@ -104,6 +104,12 @@ def _projected(db_path):
         return store.projection_behind(conn)[0], store.derived_differences(conn)
 
 
+def fetch(port, path):
+    with closing(http.client.HTTPConnection("127.0.0.1", port, timeout=10)) as conn:
+        conn.request("GET", path)
+        return conn.getresponse().read().decode()
+
+
 def test_under_gunicorn_the_projection_follows_resumes_after_kill_9_and_is_caught_up_at_stop(
         tmp_path):
     server = Gunicorn(tmp_path / "events.db", tmp_path / "gunicorn.log", workers=2)
@@ -117,13 +123,11 @@ def test_under_gunicorn_the_projection_follows_resumes_after_kill_9_and_is_caugh
             statuses.append(outcome.status)
             if i == 150:  # the writer dies between commits and projections
                 os.kill(lock_holder(endpoint_paths(str(server.db_path))[1]), signal.SIGKILL)
+        if conn is not None:
+            conn.close()
         time.sleep(0.5)
-        health = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-        health.request("GET", "/healthz")
-        answer = json.loads(health.getresponse().read())
-        metrics = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-        metrics.request("GET", "/metrics")
-        scraped = metrics.getresponse().read().decode()
+        answer, scraped = fetch(server.port, "/healthz"), fetch(server.port, "/metrics")
+        answer = json.loads(answer)
     finally:
         server.stop()  # a graceful stop: the writer derives what is left before it exits
     assert statuses.count(200) >= 250, statuses

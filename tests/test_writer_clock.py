@@ -33,6 +33,8 @@ def test_callbacks_are_stored_under_a_faked_clock(tmp_path):
             conn = conn or http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
             statuses.append(outcome.status)
             time.sleep(0.02)
+        if conn is not None:
+            conn.close()
         health = get(server.port, "/healthz")[0]
     finally:
         server.stop()
