@@ -60,7 +60,7 @@ WOULD_REMOVE = {
 }
 
 # Tables that are neither events nor derived rows.
-BOOKKEEPING = ("receiver_health", "prunes", "pruned_keys")
+BOOKKEEPING = ("receiver_health", "prunes", "pruned_keys", "projection")
 
 # Event columns that also hold a derived table's keys, besides its own key column: a Dispatch
 # workflow's ``workflows`` row is keyed by its dispatch_uuid.
