@@ -276,3 +276,27 @@ def test_a_plans_keys_never_become_sql(server, rows, db_path):
     remote.close()
     assert rows(db_path, "SELECT count(*) AS n FROM messages") == [{"n": 0}]
     assert rows(db_path, "SELECT dispatch_uuid FROM final_reports") == [{"dispatch_uuid": "d-sql"}]
+
+
+def test_a_stopping_writer_derives_what_it_committed_before_it_exits(db_path, tmp_path,
+                                                                     monkeypatch, rows):
+    """A graceful stop (the master closes the writer's stdin on TERM, HUP of the old master
+    after USR2) leaves the derived rows caught up, however far the next projection was."""
+    from receiver import writer as writer_module
+
+    monkeypatch.setattr(writer_module, "PROJECT_EVERY_S", 3600)
+    server = WriterServer(load_settings(db_path=str(db_path), synchronous="NORMAL"),
+                          str(tmp_path / "sock" / "writer.sock"))
+    thread = threading.Thread(target=server.serve, daemon=True)
+    thread.start()
+    remote = client(server)
+    for i in range(5):
+        body = dumps(status(f"m-{i}", "d-stop", "delivered"))
+        remote.run("store_planned", plan(parse(body), delivery(body)))
+    remote.close()
+    # Not derived yet: the next projection is an hour away.
+    assert rows(db_path, "SELECT count(*) AS n FROM messages") == [{"n": 0}]
+    server.stop()
+    thread.join(5)
+    assert rows(db_path, "SELECT count(*) AS n FROM messages") == [{"n": 5}]
+    assert rows(db_path, "SELECT message_count FROM dispatches") == [{"message_count": 5}]
