@@ -32,6 +32,8 @@ CREATE TABLE IF NOT EXISTS callbacks (
     iat INTEGER,
     clock_skew_s REAL
 );
+-- Each index of an event table costs a B-tree page write per callback, and each has a reader.
+-- callbacks_received_at: `receiver export events` (a period), prune, the last-callback metric.
 CREATE INDEX IF NOT EXISTS callbacks_received_at ON callbacks (received_at);
 
 CREATE TABLE IF NOT EXISTS status_events (
@@ -66,6 +68,10 @@ CREATE TABLE IF NOT EXISTS status_events (
     network_code TEXT,
     sms_count INTEGER
 );
+-- workflow: the dispatch_timeline query, the row links of a Messages workflow. message: the
+-- message_history query, a message's links. dispatch: dispatch_timeline, a dispatch's links.
+-- timestamp: the dashboard's counts and chart by period. callback: prune (a callback goes
+-- once no event refers to it) and the foreign key.
 CREATE INDEX IF NOT EXISTS status_events_workflow ON status_events (workflow_id, timestamp);
 CREATE INDEX IF NOT EXISTS status_events_message ON status_events (message_uuid, status_rank);
 CREATE INDEX IF NOT EXISTS status_events_dispatch ON status_events (dispatch_uuid, timestamp);
@@ -85,6 +91,8 @@ CREATE TABLE IF NOT EXISTS final_reports (
     message_count INTEGER NOT NULL DEFAULT 0,
     received_at TEXT NOT NULL
 );
+-- dispatch: the dispatch refresh (latest report), dispatch_timeline. timestamp: the
+-- dashboard. callback: prune and the foreign key.
 CREATE INDEX IF NOT EXISTS final_reports_dispatch ON final_reports (dispatch_uuid, timestamp);
 CREATE INDEX IF NOT EXISTS final_reports_timestamp ON final_reports (timestamp);
 CREATE INDEX IF NOT EXISTS final_reports_callback ON final_reports (callback_id);
@@ -102,9 +110,11 @@ CREATE TABLE IF NOT EXISTS final_report_messages (
     price_nano INTEGER,
     currency TEXT
 );
+-- message: the message_history query, a message's links. report: the projection's join,
+-- prune and the foreign key. (No reader filters these rows by dispatch_uuid: schema 3 drops
+-- final_report_messages_dispatch.)
 CREATE INDEX IF NOT EXISTS final_report_messages_message ON final_report_messages (message_uuid);
 CREATE INDEX IF NOT EXISTS final_report_messages_report ON final_report_messages (final_report_id);
-CREATE INDEX IF NOT EXISTS final_report_messages_dispatch ON final_report_messages (dispatch_uuid);
 
 CREATE TABLE IF NOT EXISTS messages (
     message_uuid TEXT PRIMARY KEY,
@@ -237,11 +247,13 @@ CREATE TABLE IF NOT EXISTS pruned_keys (
 """
 
 
-# Schema 3 (its own step, kept apart from other migrations): the projection's position row,
-# and triggers that keep it from pointing past the end of an event table (`receiver prune`
+# Schema 3 (its own step, kept apart from other migrations): an index no reader uses dropped;
+# the projection's position row, and triggers that keep it from pointing past the end of an
+# event table (`receiver prune`
 # can remove the newest rows; SQLite then hands their ids out again, and the projection must
 # not skip the new rows). They fire on deletes only: nothing on the write path.
 PROJECTION = [
+    "DROP INDEX IF EXISTS final_report_messages_dispatch",
     # A file from before schema 3 has every event derived already (inline); a new one has none.
     """INSERT OR IGNORE INTO projection (id, status_event_id, final_report_id) VALUES (1,
         (SELECT coalesce(max(id), 0) FROM status_events),

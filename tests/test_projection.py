@@ -137,3 +137,24 @@ def test_under_gunicorn_the_projection_follows_resumes_after_kill_9_and_is_caugh
     behind, differences = _projected(tmp_path / "events.db")
     assert behind == 0
     assert differences == {t: 0 for t in store.DERIVED_TABLES}
+
+
+def test_a_schema_2_file_migrates_with_its_events_counted_as_derived(db_path):
+    """Before schema 3 every event was derived in its own commit: the migration starts the
+    projection after the last event, and drops the index no reader used."""
+    with closing(db.connect(str(db_path))) as conn:
+        with store.transaction(conn):
+            store.store_batch(conn, plans(*[status(new_uuid(), new_uuid(), "delivered")
+                                            for _ in range(3)]))
+            store.project(conn)
+            conn.execute("DROP TABLE projection")  # as a schema 2 file has it
+            conn.execute("CREATE INDEX final_report_messages_dispatch "
+                         "ON final_report_messages (dispatch_uuid)")
+            conn.execute("PRAGMA user_version = 2")
+    assert db.init_db(str(db_path)) == 2
+    with closing(db.connect(str(db_path))) as conn:
+        assert store.projection_behind(conn) == (0, 0.0)
+        assert conn.execute("SELECT * FROM projection").fetchall() == [(1, 3, 0)]
+        assert conn.execute("SELECT name FROM sqlite_master WHERE name = "
+                            "'final_report_messages_dispatch'").fetchall() == []
+        assert store.derived_differences(conn) == {t: 0 for t in store.DERIVED_TABLES}
