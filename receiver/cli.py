@@ -32,6 +32,15 @@ def _open(database, *, readonly=False):
 NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
+def _say_if_behind(conn, consequence):
+    """One line on stderr when the derived rows trail the event log (the writer is deriving
+    them, or is not running): ``consequence`` says what that means for this command."""
+    behind, lag_s = store.projection_behind(conn)
+    if behind:
+        click.echo(f"note: the derived rows are {behind} events behind the event log "
+                   f"(oldest stored {lag_s:.1f} s ago); {consequence}", err=True)
+
+
 class ReceiverGroup(click.Group):
     """The command group, where every command's errors become one line and exit status 1.
 
@@ -164,6 +173,7 @@ def check_command(database):
     conn = _open(database)
     integrity = [row[0] for row in conn.execute("PRAGMA integrity_check")]
     click.echo(f"integrity_check: {', '.join(integrity)}")
+    _say_if_behind(conn, "they are compared as derived up to date")
     differences = store.differing_keys(conn)
     for table, keys in differences.items():
         if not keys:
@@ -258,6 +268,7 @@ def export_billing(database, start, end, output, by):
     Example: receiver export billing --from 2026-11-01 --to 2026-11-30 --by day -o nov.csv
     """
     conn = _open(database, readonly=True)
+    _say_if_behind(conn, "this export leaves out what they have yet to take")
     total = exports.count_billing_rows(conn, by, start, end)
     with _open_output(output) as out, _progress(total, "Exporting billing") as bar:
         totals = exports.write_billing_csv(conn, by, start, end, out, progress=bar)

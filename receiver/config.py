@@ -8,8 +8,9 @@ MIB = 1024 * 1024
 
 
 def default_workers():
-    """gunicorn workers: many more than cores, as sync workers wait for the one writer."""
-    return 4 * (os.cpu_count() or 1) + 1
+    """gunicorn workers: one more than cores, each with GUNICORN_THREADS request threads
+    (config/gunicorn.conf.py says why)."""
+    return (os.cpu_count() or 1) + 1
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,8 @@ class Settings:
     # lower their CPU priority is than the writer process's (every request waits for it), when
     # a stuck one is restarted or any one recycled, and the access log ("": none).
     web_concurrency: int = field(default_factory=default_workers)
-    worker_class: str = "sync"
-    threads: int = 1
+    worker_class: str = "gthread"
+    threads: int = 8
     worker_nice: int = 0
     worker_timeout_s: int = 30
     max_requests: int = 0

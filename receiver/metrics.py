@@ -21,7 +21,7 @@ from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, 
                                Histogram, generate_latest)
 from prometheus_client.core import GaugeMetricFamily
 
-from . import db
+from . import db, store
 
 MULTIPROC_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -193,6 +193,19 @@ class DatabaseCollector:
                                 "Size of the database's write-ahead log (WAL) file.")
         wal.add_metric([], _size(self.path + "-wal"))
         yield wal
+        projection = self._projection()
+        if projection is not None:
+            lag = GaugeMetricFamily(
+                "receiver_projection_lag_seconds",
+                "Age of the oldest stored callback whose derived rows (messages, dispatches, "
+                "workflows) are not yet derived; 0 when they are up to date.")
+            lag.add_metric([], projection[1])
+            yield lag
+            behind = GaugeMetricFamily(
+                "receiver_projection_behind_events",
+                "Stored events (status events, final reports) not yet derived.")
+            behind.add_metric([], projection[0])
+            yield behind
         last = self._last_stored()
         if last is not None:
             gauge = GaugeMetricFamily(
@@ -200,6 +213,17 @@ class DatabaseCollector:
                 "Arrival time (Unix seconds) of the newest stored callback; 0 when none yet.")
             gauge.add_metric([], last)
             yield gauge
+
+    def _projection(self):
+        """(events not yet derived, seconds the oldest has waited), None if unreadable."""
+        try:
+            conn = db.connect_settings(self.settings, readonly=True)
+            try:
+                return store.projection_behind(conn)
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            return None
 
     def _last_stored(self):
         """max(received_at) of callbacks (indexed), as Unix seconds; None if unreadable."""

@@ -61,7 +61,8 @@ WOULD_REMOVE = {
 
 # Tables that are neither events nor derived rows (Vonage's imported records included: they
 # are kept whole and never archived with the events).
-BOOKKEEPING = ("receiver_health", "prunes", "pruned_keys", "vonage_record_imports", "vonage_records")
+BOOKKEEPING = ("receiver_health", "prunes", "pruned_keys", "vonage_record_imports", "vonage_records",
+               "projection")
 
 # Event columns that also hold a derived table's keys, besides its own key column: a Dispatch
 # workflow's ``workflows`` row is keyed by its dispatch_uuid.

@@ -170,15 +170,18 @@ def metrics_page():
 
 @bp.get("/healthz")
 def healthz():
-    """200 when the database takes a write, else 503 saying why (at once when the writer
-    process is gone or hung)."""
+    """200 when the database takes writes, else 503 saying why (at once when the writer
+    process is gone or hung). The writer answers from a commit of the last second when there
+    was one (no write per probe), else writes the health row in its next group commit. The
+    answer says how far the derived rows trail the event log (``projection_lag_ms``, and how
+    many stored callbacks they have yet to take, ``projection_behind``)."""
     writer = current_app.extensions["receiver.writer"]
     pid = os.getpid()
     try:
-        writer.run("record_health", pid)
+        projection = writer.run("record_health", pid)
     except StorageError as error:
         response = jsonify(status="unavailable", database="not writable", error=str(error))
         response.status_code = 503
         response.headers["Retry-After"] = RETRY_AFTER_S
         return response
-    return jsonify(status="ok", database="writable", pid=pid)
+    return jsonify(status="ok", database="writable", pid=pid, **projection)

@@ -83,11 +83,12 @@ def _insert(conn, table, row):
 
 
 def store_callback(conn, callback, delivery, signature=UNSIGNED):
-    """Store a validated callback once; a repeated delivery of the same bytes is counted.
-
-    The signature recorded is the first delivery's.
-    """
-    return store_batch(conn, [rows.plan(callback, delivery, signature)])[0]
+    """Store a validated callback once (a repeated delivery of the same bytes is counted) and
+    bring the derived rows up to date: what the CLI commands that store (reprocess, simulate)
+    use. The signature recorded is the first delivery's."""
+    stored = store_batch(conn, [rows.plan(callback, delivery, signature)])[0]
+    project(conn)
+    return stored
 
 
 def store_planned(conn, planned):
@@ -103,19 +104,27 @@ ON CONFLICT (sha256) DO UPDATE SET
     last_received_at = max(last_received_at, excluded.last_received_at)
 """
 INSERT_STATUS_EVENT = _insert_sql("status_events", ("callback_id", *rows.STATUS_EVENT_COLUMNS))
+# Fixed column lists: a plan arrives over the writer's socket, so its keys never name columns.
+INSERT_FINAL_REPORT = _insert_sql("final_reports", (
+    "callback_id", "dispatch_uuid", "template", "status", "timestamp", "price", "price_nano",
+    "currency", "message_count", "received_at"))
+INSERT_REPORT_ITEM = _insert_sql("final_report_messages", (
+    "final_report_id", "dispatch_uuid", "position", "message_uuid", "channel", "status",
+    "status_rank", "price", "price_nano", "currency"))
 
 
 def store_batch(conn, plans):
-    """Store a batch of planned callbacks with a few set-based statements; return a Stored for
-    each, in order. A body already stored (or earlier in the batch) is counted, not stored
-    again. Each dispatch and workflow the batch touches is recomputed once."""
+    """Store a batch of planned callbacks (their bodies, delivery counts and event rows) with a
+    few set-based statements; return a Stored for each, in order. A body already stored (or
+    earlier in the batch) is counted, not stored again. The derived rows are not touched here:
+    ``project`` derives them from the event log (the writer does, soon after)."""
     shas = list({p["sha256"] for p in plans})
     marks = ", ".join("?" * len(shas))
     counts = dict(conn.execute(
         f"SELECT sha256, delivery_count FROM callbacks WHERE sha256 IN ({marks})", shas))
     conn.executemany(INSERT_CALLBACK, [p["callback"] for p in plans])
     ids = dict(conn.execute(f"SELECT sha256, id FROM callbacks WHERE sha256 IN ({marks})", shas))
-    results, events, observations, dispatches = [], [], [], set()
+    results, events = [], []
     for planned in plans:
         sha256 = planned["sha256"]
         counts[sha256] = counts.get(sha256, 0) + 1
@@ -126,13 +135,53 @@ def store_batch(conn, plans):
             events.append({**planned["event"], "callback_id": ids[sha256]})
         else:
             report = {**planned["report"], "callback_id": ids[sha256]}
-            report_id = _insert(conn, "final_reports", report)
-            for item in planned["items"]:
-                _insert(conn, "final_report_messages", {**item, "final_report_id": report_id})
-            dispatches.add(report["dispatch_uuid"])
-        observations.extend(planned["observations"])
+            report_id = conn.execute(INSERT_FINAL_REPORT, report).lastrowid
+            conn.executemany(INSERT_REPORT_ITEM, [{**item, "final_report_id": report_id}
+                                                  for item in planned["items"]])
     conn.executemany(INSERT_STATUS_EVENT, events)
+    return results
+
+
+# --- the projection: derived rows kept from the event log -----------------------------------
+#
+# ``projection`` holds how far the derived rows have been derived: the last status_events id
+# and final_reports id merged. ``project`` moves it forward in the same transaction as the rows
+# it derives, so each event is merged exactly once, whatever crashes in between.
+
+PROJECTION_POSITION = "SELECT status_event_id, final_report_id FROM projection WHERE id = 1"
+PENDING_EVENTS = "SELECT * FROM status_events WHERE id > ? ORDER BY id"
+PENDING_REPORT_ITEMS = """
+SELECT m.message_uuid, m.dispatch_uuid, m.channel, m.position, m.status, m.status_rank,
+       m.price, m.price_nano, m.currency, r.timestamp
+FROM final_reports r JOIN final_report_messages m ON m.final_report_id = r.id
+WHERE r.id > ? ORDER BY m.id"""
+REPORT_ITEM_KEYS = ("message_uuid", "dispatch_uuid", "channel", "position", "status",
+                    "status_rank", "price", "price_nano", "currency")
+
+
+def project(conn):
+    """Derive the ``messages``, ``dispatches`` and ``workflows`` rows of every event stored
+    since the last projection, set-based (each touched parent refreshed once), and move the
+    position; returns how many events (status events and final reports) it took. Runs inside
+    the caller's write transaction."""
+    event_pos, report_pos = conn.execute(PROJECTION_POSITION).fetchone()
+    cursor = conn.execute(PENDING_EVENTS, (event_pos,))
+    columns = [c[0] for c in cursor.description]
+    observations, last_event = [], event_pos
+    for values in cursor:
+        event = dict(zip(columns, values))
+        observations.append(rows.message_from_status(event))
+        last_event = event["id"]
+    events = len(observations)
+    for *values, timestamp in conn.execute(PENDING_REPORT_ITEMS, (report_pos,)):
+        observations.append(rows.message_from_report_item(dict(zip(REPORT_ITEM_KEYS, values)),
+                                                          {"timestamp": timestamp}))
+    reports = conn.execute("SELECT id, dispatch_uuid FROM final_reports WHERE id > ?",
+                           (report_pos,)).fetchall()
+    if not observations and not reports:
+        return 0
     conn.executemany(MERGE_MESSAGE, observations)
+    dispatches = {dispatch_uuid for _, dispatch_uuid in reports}
     touched = list({o["message_uuid"] for o in observations})
     workflows = set()
     for start in range(0, len(touched), 500):
@@ -148,7 +197,31 @@ def store_batch(conn, plans):
         refresh_dispatch(conn, dispatch_uuid)
     for workflow_id in workflows:
         refresh_messages_workflow(conn, workflow_id)
-    return results
+    last_report = max((report_id for report_id, _ in reports), default=report_pos)
+    conn.execute("UPDATE projection SET status_event_id = ?, final_report_id = ? WHERE id = 1",
+                 (last_event, last_report))
+    return events + len(reports)
+
+
+def _mark_all_projected(conn):
+    """Every stored event counts as projected (after a rebuild derived them all)."""
+    conn.execute(
+        "UPDATE projection SET status_event_id = (SELECT coalesce(max(id), 0) FROM status_events),"
+        " final_report_id = (SELECT coalesce(max(id), 0) FROM final_reports) WHERE id = 1")
+
+
+def projection_behind(conn):
+    """(events not yet projected, seconds since the oldest of them arrived; 0 when none)."""
+    event_pos, report_pos = conn.execute(PROJECTION_POSITION).fetchone()
+    events, oldest_event = conn.execute(
+        "SELECT count(*), min(received_at) FROM status_events WHERE id > ?", (event_pos,)).fetchone()
+    reports, oldest_report = conn.execute(
+        "SELECT count(*), min(received_at) FROM final_reports WHERE id > ?", (report_pos,)).fetchone()
+    oldest = min(filter(None, (oldest_event, oldest_report)), default=None)
+    if oldest is None:
+        return 0, 0.0
+    age = datetime.now(timezone.utc) - datetime.fromisoformat(oldest)
+    return events + reports, max(age.total_seconds(), 0.0)
 
 
 def _first(column):
@@ -407,6 +480,7 @@ def rebuild_derived(conn):
     for (dispatch_uuid,) in dispatch_uuids:
         conn.execute(REFRESH_DISPATCH, {"d": dispatch_uuid})
     refresh_all_workflows(conn)
+    _mark_all_projected(conn)
 
 
 def derived_differences(conn):
@@ -415,10 +489,12 @@ def derived_differences(conn):
 
 
 def differing_keys(conn):
-    """Keys of the derived rows that differ from a rebuild from the event log (changed,
-    missing or extra). Returns {table: sorted keys}; the database is left unchanged."""
+    """Keys of the derived rows, brought up to date by ``project``, that differ from a rebuild
+    from the event log (changed, missing or extra). Returns {table: sorted keys}; the database
+    is left unchanged."""
     conn.execute("BEGIN IMMEDIATE")
     try:
+        project(conn)  # what the writer has not derived yet, derived as it would (rolled back)
         for table in DERIVED_TABLES:
             conn.execute(f"CREATE TEMP TABLE stored_{table} AS SELECT * FROM {table}")
         rebuild_derived(conn)

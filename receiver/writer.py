@@ -3,21 +3,27 @@
 Requests hand their write to the writer and wait. The writer takes everything queued, runs it
 in one ``BEGIN IMMEDIATE`` transaction, commits (synced to disk with ``synchronous=FULL``) and
 only then answers the requests, so no request is answered before its data is durable, while one
-fsync serves a whole batch.
+fsync serves a whole batch. The writer process commits the event rows only and derives the
+``messages``, ``dispatches`` and ``workflows`` rows right after (``store.project``, every
+PROJECT_EVERY_S), in a transaction of its own.
 
-Under gunicorn the writer is a process of its own (``python -m receiver.writer``), started and
-watched by a thread of the master (``Supervisor``), the way the master itself watches workers:
-the master holds no SQLite connection when it forks workers, and a writer that dies or hangs is
-replaced by a standby within a fraction of a second while the workers answer a fast 503.
-Workers reach it through a Unix socket in a private directory, named after the database
-(``endpoint_paths``), so that the workers of a second master (``kill -USR2``) reach the same
-writer; the socket file's mtime is the writer's heartbeat. Two writers never run on one file:
-the serving one holds an exclusive flock on ``<database>.writer-lock``, and the others (the
-standby, a second master's) wait for it without opening the database. Frames are JSON with
-typed fields (``encode_request``): nothing that reaches the socket can run code.
+Under gunicorn the writer is a process of its own (``python -m receiver.writer``); each piece
+here is named for the one fault it handles:
+- ``WriterProcess``/``Supervisor`` (a thread of the master): a writer that exits or is killed
+  is replaced, a standby writer already started taking over within one lock poll; a writer that
+  hangs (no ``Heartbeat`` change for HUNG_S) is killed and so replaced.
+- the writer lock (``take_lock``): two writers never run on one file (gunicorn's USR2 starts a
+  second master with writers of its own; they wait).
+- ``Heartbeat``: a worker answers a fast 503 when the writer is gone or hung, timed with the
+  worker's own clock (a shifted clock cannot fake it).
+- frames (``encode_request``): plain JSON with typed fields, so nothing that reaches the
+  socket can run code.
+The master holds no SQLite connection when it forks; the workers reach the writer through a
+Unix socket in a private directory, named after the database (``endpoint_paths``), so that the
+workers of a second master reach the same writer.
 
 Without gunicorn (the Flask test client, the CLI) the app writes through an in-process
-``GroupCommitWriter`` thread, its requests and results round-tripped through the same frames.
+``GroupCommitWriter`` thread, called directly (no frames), deriving in the same transaction.
 """
 
 import base64
@@ -36,7 +42,6 @@ import socket
 import sqlite3
 import stat
 import struct
-import subprocess
 import sys
 import tempfile
 import threading
@@ -44,8 +49,7 @@ import time
 import typing
 
 from . import db, metrics, store
-from .callbacks import Callback, Rejection
-from .signatures import Signature
+from .callbacks import Rejection
 
 log = logging.getLogger("receiver.writer")
 
@@ -95,25 +99,30 @@ class _Pending:
 
 
 class GroupCommitWriter:
-    """Serialises this process's writes through one connection, committing them in batches."""
+    """Serialises this process's writes through one connection, committing them in batches.
 
-    def __init__(self, settings):
+    ``deferred=False`` (the in-process writer of the Flask test client and the CLI) derives
+    the rows of each write in its own transaction; ``deferred=True`` (the writer process)
+    commits event rows only and derives them afterwards with ``project_pending``.
+    """
+
+    def __init__(self, settings, deferred=False):
         self.settings = settings
+        self.deferred = deferred
         self._lock = threading.Lock()
         self._pid = None
         self._queue = None
         self._conn = None
         self.batches = 0
         self.writes = 0
+        self.last_commit = None  # time.monotonic() of the last successful commit
+        self.unprojected = 0  # writes committed since the last projection (deferred)
+        self.unprojected_since = None  # time.monotonic() of the first of them
+        self.project_after = 0.0  # time.monotonic() before which no projection is tried
 
     def run(self, operation, *args, **kwargs):
-        """Run the store operation named ``operation`` (see OPERATIONS) and return its result.
-
-        The request and the result travel through the socket writer's frame encoding, so
-        whatever the app sends is checked to cross a process boundary as plain data.
-        """
-        result = self.submit(decode_request(encode_request(operation, args, kwargs)))
-        return decode_value(json.loads(json.dumps(encode_value(result))))
+        """Run the store operation named ``operation`` (see OPERATIONS) and return its result."""
+        return self.submit(work(operation, args, kwargs))
 
     def submit(self, work):
         """Run ``work(conn)`` inside a committed transaction and return its result.
@@ -163,8 +172,13 @@ class GroupCommitWriter:
     def commit_batch(self, batch):
         """Run a batch of pending writes in one synced transaction; set each one's outcome.
 
-        Called by one thread only (the writer thread, or the WriterServer's loop).
+        Called by one thread only (the writer thread, or the WriterServer's loop). Health
+        probes alone, within HEALTH_FRESH_S of a successful commit, are answered from it.
         """
+        if all(getattr(p.work, "health", False) for p in batch) and self._fresh():
+            for pending in batch:
+                pending.result = self.health()
+            return
         started = time.perf_counter()
         try:
             if self._conn is None:
@@ -179,9 +193,24 @@ class GroupCommitWriter:
         metrics.observe_batch(len(batch), time.perf_counter() - started, self.queued())
 
     def _fail(self, batch, failure):
+        self.last_commit = None  # health probes write again until a commit succeeds
         for pending in batch:
             pending.result, pending.error = None, failure
         self._conn = self._reset(self._conn)
+
+    def _fresh(self):
+        return (self.last_commit is not None
+                and time.monotonic() - self.last_commit < HEALTH_FRESH_S)
+
+    def health(self):
+        """What a health probe answers once the database took a write: the projection's lag."""
+        lag = 0.0 if not self.unprojected else time.monotonic() - self.unprojected_since
+        return {"projection_behind": self.unprojected, "projection_lag_ms": round(lag * 1000)}
+
+    def _derive(self, conn):
+        """Derive what the write just stored, in its transaction (not when deferred)."""
+        if not self.deferred:
+            store.project(conn)
 
     def _commit(self, conn, batch):
         conn.execute("BEGIN IMMEDIATE")
@@ -190,6 +219,7 @@ class GroupCommitWriter:
                 conn.execute("SAVEPOINT item")
                 try:
                     pending.result = pending.work(conn)
+                    self._derive(conn)
                 except Exception as error:
                     if isinstance(error, sqlite3.Error) and is_database_failure(error):
                         raise  # the database itself is failing: the whole batch fails
@@ -206,11 +236,42 @@ class GroupCommitWriter:
                 except sqlite3.Error:
                     pass
             raise
+        self.last_commit = time.monotonic()
         self.batches += 1
         self.writes += len(batch)
+        if self.deferred:
+            if not self.unprojected:
+                self.unprojected_since = self.last_commit
+            self.unprojected += sum(getattr(p.work, "planned", None) is not None for p in batch)
+        for pending in batch:
+            if getattr(pending.work, "health", False) and pending.error is None:
+                pending.result = self.health()
 
-    @staticmethod
-    def _store_planned_together(conn, batch):
+    def project_pending(self):
+        """Derive the rows of what was committed since the last projection, in one
+        transaction of its own (not synced: a crash rolls it back with its position, and the
+        next synced commit syncs it); returns how many events it took. A failure is logged
+        and retried a second later: the events are safe, the lag grows (and alerts)."""
+        try:
+            if self._conn is None:
+                self._conn = db.connect_settings(self.settings)
+            conn = self._conn
+            conn.execute("PRAGMA synchronous = NORMAL")
+            try:
+                with store.transaction(conn):
+                    taken = store.project(conn)
+            finally:
+                conn.execute(f"PRAGMA synchronous = {self.settings.synchronous}")
+        except Exception as error:  # noqa: BLE001 - the writer must outlive a failed projection
+            log.error("projection failed, retrying in 1 s: %r", error)
+            self.project_after = time.monotonic() + 1.0
+            if isinstance(error, sqlite3.Error) and is_database_failure(error):
+                self._conn = self._reset(self._conn)
+            return 0
+        self.unprojected, self.unprojected_since = 0, None
+        return taken
+
+    def _store_planned_together(self, conn, batch):
         """Store the batch's planned callbacks with one set-based store_batch; return the
         writes left to run one by one (all of them if one planned callback fails: the others
         then go on without it)."""
@@ -220,6 +281,7 @@ class GroupCommitWriter:
         conn.execute("SAVEPOINT together")
         try:
             results = store.store_batch(conn, [p.work.planned for p in planned])
+            self._derive(conn)
         except Exception as error:
             if isinstance(error, sqlite3.Error) and is_database_failure(error):
                 raise
@@ -249,10 +311,12 @@ class GroupCommitWriter:
 # What a writer can be asked to do: store.<function>(conn, *args, **kwargs).
 OPERATIONS = {
     "store_planned": store.store_planned,
-    "store_callback": store.store_callback,
     "store_rejection": store.store_rejection,
     "record_health": store.record_health,
 }
+# A health probe is answered without a write of its own within this long of a successful
+# commit (that commit proved the database takes writes); else it writes, in a group commit.
+HEALTH_FRESH_S = 1.0
 _SIGNATURES = {name: inspect.signature(function) for name, function in OPERATIONS.items()}
 
 
@@ -276,6 +340,7 @@ def work(operation, args, kwargs):
 
     # A planned callback can be stored together with its batch-mates (store.store_batch).
     run.planned = args[0] if operation == "store_planned" else None
+    run.health = operation == "record_health"
     return run
 
 
@@ -345,8 +410,6 @@ def _b64decode(text, what):
 
 _TYPES = [
     _FrameType.of_dataclass("Delivery", store.Delivery),
-    _FrameType.of_dataclass("Signature", Signature),
-    _FrameType.of_dataclass("Callback", Callback),
     _FrameType.of_dataclass("Stored", store.Stored),
     _FrameType("Rejection", Rejection,
                [("http_status", (int,), False), ("reason", (str,), False),
@@ -427,10 +490,15 @@ def _send_frame(sock, payload):
 
 # --- where the writer is, and whether it is alive -------------------------------------------
 
-# The writer beats (sets its socket file's mtime to time.monotonic_ns()) this often; workers
-# answer 503 at once when the beat is older than STALE_S (a request in flight too); the
-# supervisor replaces a writer whose beat is older than HUNG_S (stopped, or stuck).
+# The writer beats (sets its socket file's mtime to its next beat number) this often;
+# workers answer 503 once they have seen no change for STALE_S (a request in flight too); the
+# supervisor replaces a writer it has seen no change from for HUNG_S (stopped, or stuck).
+# Each side times the change with its own clock: no clock is compared with another process's,
+# so a shifted or faked clock (libfaketime) cannot make a live writer look stale.
 HEARTBEAT_S = 0.1
+# The writer process derives the rows of committed events (store.project) once they are this
+# old, in one batch: the projection's lag under load, about (see bench/README.md).
+PROJECT_EVERY_S = 0.02
 STALE_S = 0.5
 HUNG_S = 2.0
 LOCK_SUFFIX = ".writer-lock"
@@ -458,19 +526,36 @@ def _private_directory(path):
         raise RuntimeError(f"{path} must be a directory of user {os.getuid()} with mode 0700")
 
 
-def heartbeat_age(path):
-    """(seconds since the writer at ``path`` last beat, the socket file's inode).
-
-    Raises FileNotFoundError when there is no socket. A beat is a CLOCK_MONOTONIC time (shared
-    by every process of the machine) stored as the mtime: a wall-clock step does not matter.
-    """
-    info = os.stat(path)
-    return abs(time.monotonic_ns() - info.st_mtime_ns) / 1e9, info.st_ino
+def pause(event, seconds):
+    """Sleep ``seconds``, then say whether ``event`` is set. Not ``event.wait(seconds)``: a
+    timed wait on a lock takes an absolute CLOCK_MONOTONIC deadline that libfaketime fakes
+    and the kernel does not, so under a faked clock it never times out."""
+    time.sleep(seconds)
+    return event.is_set()
 
 
-def _beat(path):
-    now = time.monotonic_ns()
-    os.utime(path, ns=(now, now))
+class Heartbeat:
+    """What one process has seen of the writer's beat at ``path``: ``age()`` is how long (by
+    this process's own monotonic clock) the socket file's (inode, mtime) has stayed as it is."""
+
+    def __init__(self, path):
+        self.path = path
+        self._seen = (None, 0.0)  # ((inode, mtime_ns), when first seen)
+
+    def age(self):
+        """(seconds without a beat, the socket's inode); FileNotFoundError when no socket."""
+        info = os.stat(self.path)
+        beat, now = (info.st_ino, info.st_mtime_ns), time.monotonic()
+        seen, since = self._seen
+        if beat != seen:
+            self._seen = (beat, now)
+            return 0.0, info.st_ino
+        return now - since, info.st_ino
+
+
+def _beat(path, number):
+    # Whole seconds: libfaketime's stat() keeps only the seconds of a file time.
+    os.utime(path, (number, number))
 
 
 def lock_holder(lock_path):
@@ -494,7 +579,7 @@ class WriterServer:
     """
 
     def __init__(self, settings, path):
-        self.writer = GroupCommitWriter(settings)
+        self.writer = GroupCommitWriter(settings, deferred=True)
         self.path = path
         self.max_frame = max_frame(settings)
         _private_directory(os.path.dirname(path))
@@ -505,7 +590,7 @@ class WriterServer:
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(path)
         self.inode = os.stat(path).st_ino
-        _beat(path)
+        _beat(path, 1)
         self.listener.listen(512)
         self._stopped = threading.Event()
         self._wake_lock = threading.Lock()
@@ -520,9 +605,11 @@ class WriterServer:
 
     def heartbeat(self):
         """Beat every HEARTBEAT_S until stopped (run in a thread of its own)."""
-        while not self._stopped.wait(HEARTBEAT_S):
+        number = 1
+        while not pause(self._stopped, HEARTBEAT_S):
+            number += 1
             try:
-                _beat(self.path)
+                _beat(self.path, number)
             except OSError as error:
                 log.error("writer heartbeat failed: %s", error)
 
@@ -535,16 +622,24 @@ class WriterServer:
         selector.register(self.listener, selectors.EVENT_READ)
         selector.register(self._wake_r, selectors.EVENT_READ)
         buffers = {}
+        writer = self.writer
+        writer.unprojected, writer.unprojected_since = 1, time.monotonic()  # a kill -9 may have left some
         try:
             while not self._stopped.is_set():
                 try:
-                    self._serve_once(selector, buffers, timeout=1.0)
+                    self._serve_once(selector, buffers,
+                                     timeout=PROJECT_EVERY_S if writer.unprojected else 1.0)
+                    if writer.unprojected and time.monotonic() >= max(
+                            writer.project_after, writer.unprojected_since + PROJECT_EVERY_S):
+                        writer.project_pending()
                 except Exception:  # noqa: BLE001 - the writer must outlive any one bug
                     log.exception("writer loop error; serving on")
-            # Stopping: no new connections; answer the requests already here, then close.
+            # Stopping: no new connections; answer the requests already here, derive what is
+            # left (a graceful stop leaves the projection caught up), then close.
             selector.unregister(self.listener)
             self.listener.close()
             self._serve_once(selector, buffers, timeout=0)
+            writer.project_pending()
         finally:
             for conn in buffers:
                 conn.close()
@@ -661,11 +756,12 @@ class RemoteWriter:
         self.settings = settings
         self.path = path
         self._local = threading.local()
+        self.heartbeat = Heartbeat(path)
 
     def alive(self):
         """The socket's inode when the writer beats; else StorageError saying why."""
         try:
-            age, inode = heartbeat_age(self.path)
+            age, inode = self.heartbeat.age()
         except FileNotFoundError:
             raise StorageError("writer not running (no socket)") from None
         except OSError as error:
@@ -788,7 +884,7 @@ def take_lock(lock_path, stopping):
                 log.info("writer: standing by while another writer (pid %s) serves %s",
                          lock_holder(lock_path), lock_path[:-len(LOCK_SUFFIX)])
                 waiting = True
-            if stopping.wait(0.05):
+            if pause(stopping, 0.05):
                 os.close(fd)
                 return None
     os.ftruncate(fd, 0)
@@ -838,6 +934,72 @@ def main():
     return 0
 
 
+def _inheritable_fds():
+    fds = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.get_inheritable(int(name)):
+                fds.append(int(name))
+        except OSError:
+            pass  # the directory's own descriptor, closed by now
+    return fds
+
+
+class WriterProcess:
+    """``python -m receiver.writer``, its stdin a pipe from the master (closing it, or the
+    master's death, tells it to finish).
+
+    Started with ``os.posix_spawn``, not ``subprocess.Popen``: Popen waits for its child's
+    exec on a pipe, and a worker gunicorn forks meanwhile inherits that pipe, so Popen (and
+    the supervisor) would wait until that worker exits.
+    """
+
+    def __init__(self):
+        read, self.stdin = os.pipe()
+        try:
+            # Nothing of the master's but stdout and stderr (e.g. not gunicorn's listening
+            # sockets, which it keeps inheritable for USR2).
+            closes = [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable_fds() if fd > 2]
+            self.pid = os.posix_spawn(sys.executable, [sys.executable, "-m", "receiver.writer"],
+                                      os.environ,
+                                      file_actions=[(os.POSIX_SPAWN_DUP2, read, 0), *closes])
+        except BaseException:
+            os.close(self.stdin)
+            raise
+        finally:
+            os.close(read)
+        self.started = time.monotonic()
+        self.code = None
+
+    def poll(self):
+        """None while it runs, else its exit status (None-safe: gunicorn's arbiter reaps
+        every child with waitpid(-1) and may take the status first; then it says 0)."""
+        if self.code is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = self.pid, 0
+            if pid == 0:
+                return None
+            self.code = os.waitstatus_to_exitcode(status)
+        return self.code
+
+    def wait(self, timeout):
+        """True once it has exited (polled, within ``timeout`` s)."""
+        deadline = time.monotonic() + timeout
+        while self.poll() is None:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def close(self):
+        """Close its stdin: it answers what it has, derives what is left, and exits."""
+        if self.stdin is not None:
+            os.close(self.stdin)
+            self.stdin = None
+
+
 class Supervisor:
     """In the gunicorn master: keep a writer process serving, and one more standing by.
 
@@ -857,18 +1019,20 @@ class Supervisor:
         self.socket_path, self.lock_path = endpoint_paths(settings.db_path)
         self.procs = []
         self.restarts = 0
+        self._holder, self._heartbeat = None, None
         self._stopping = threading.Event()
         self._thread = None
 
     def start(self, ready_timeout=10.0):
-        """Start the writer, wait (up to ``ready_timeout``) until a writer beats, then the
-        standby (from the watching thread); returns self."""
+        """Start the writer and its standby, wait (up to ``ready_timeout``) until one serves,
+        then watch them from a thread; returns self."""
         _private_directory(os.path.dirname(self.socket_path))
-        self._spawn()
+        for _ in range(self.PROCESSES):
+            self._spawn()
         deadline = time.monotonic() + ready_timeout
-        while time.monotonic() < deadline and not self._beating():
+        while time.monotonic() < deadline and not self._listening():
             time.sleep(0.02)
-        if not self._beating():
+        if not self._listening():
             self.log.warning("writer not ready after %.0f s: answering 503 until it is",
                              ready_timeout)
         self._thread = threading.Thread(target=self._watch, name="writer-supervisor",
@@ -876,23 +1040,24 @@ class Supervisor:
         self._thread.start()
         return self
 
-    def _beating(self):
-        try:
-            return heartbeat_age(self.socket_path)[0] <= STALE_S
-        except OSError:
-            return False
+    def _listening(self):
+        """True once a writer accepts connections at the socket."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(self.socket_path)
+            except OSError:
+                return False
+        return True
 
     def _spawn(self):
-        # fork + exec: the child starts from nothing of the master's (no threads, no SQLite).
-        proc = subprocess.Popen([sys.executable, "-m", "receiver.writer"],
-                                stdin=subprocess.PIPE, close_fds=True)
-        proc.started = time.monotonic()
+        # spawn + exec: the child starts from nothing of the master's (no threads, no SQLite).
+        proc = WriterProcess()
         self.procs.append(proc)
         self.log.info("writer process %d started", proc.pid)
 
     def inherited_fds(self):
         """File descriptors a forked worker must close (the writers' stdin pipes)."""
-        return [proc.stdin.fileno() for proc in list(self.procs) if not proc.stdin.closed]
+        return [proc.stdin for proc in list(self.procs) if proc.stdin is not None]
 
     def serving(self):
         """The pid of our writer that holds the lock (None: none of ours serves)."""
@@ -901,37 +1066,36 @@ class Supervisor:
 
     def _watch(self):
         backoff = 0.0
-        while not self._stopping.wait(0.1):
+        while not pause(self._stopping, 0.1):
             for proc in list(self.procs):
                 code = proc.poll()
                 if code is None:
                     continue
-                # gunicorn's arbiter reaps every child (waitpid(-1)) and may take the exit
-                # status first: Popen then says 0, so the code is only a hint.
                 self.log.error("writer process %d is gone (exit status %s)", proc.pid, code)
-                proc.stdin.close()
+                proc.close()
                 self.procs.remove(proc)
                 # Writers that keep dying at once (a bad path, a full disk) are retried less often.
                 ran = time.monotonic() - proc.started
                 backoff = 0.0 if ran > 10 else min(max(backoff * 2, 0.1), 2.0)
                 self.restarts += 1
             holder = self.serving()
-            if holder is not None and self._hung():
+            if holder is not None and self._hung(holder):
                 self.log.error("writer process %d has not beaten for %.0f s: replacing it",
                                holder, HUNG_S)
                 os.kill(holder, signal.SIGKILL)
-            if len(self.procs) < self.PROCESSES and not self._stopping.wait(backoff):
+            if len(self.procs) < self.PROCESSES and not pause(self._stopping, backoff):
                 self._spawn()
 
-    def _hung(self):
-        """No beat for HUNG_S from a writer that has held the lock at least that long (a
-        standby that just took over has not bound its socket yet)."""
+    def _hung(self, holder):
+        """No beat seen for HUNG_S while ``holder`` held the lock all along (a standby that
+        just took over, and has not bound its socket yet, starts a fresh count)."""
+        if holder != self._holder:
+            self._holder, self._heartbeat = holder, Heartbeat(self.socket_path)
         try:
-            age, _ = heartbeat_age(self.socket_path)
-            held = time.time() - os.stat(self.lock_path).st_mtime
+            age, _ = self._heartbeat.age()
         except OSError:
             return False
-        return age > HUNG_S and held > HUNG_S
+        return age > HUNG_S
 
     def stop(self, timeout=10.0):
         """Let the writers finish (the serving one answers what it has, closes, exits); kill
@@ -940,18 +1104,13 @@ class Supervisor:
         if self._thread is not None:
             self._thread.join(2)
         for proc in self.procs:
-            try:
-                proc.stdin.close()
-            except OSError:
-                pass
+            proc.close()
         deadline = time.monotonic() + timeout
         for proc in self.procs:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+            if not proc.wait(max(0.1, deadline - time.monotonic())):
                 self.log.error("writer process %d did not stop in %.0f s: killed", proc.pid,
                                timeout)
-                proc.kill()
+                os.kill(proc.pid, signal.SIGKILL)
                 proc.wait(5)
 
 

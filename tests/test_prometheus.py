@@ -136,14 +136,15 @@ def test_counters_add_up_across_every_worker(receiver):
     assert total(found, "receiver_signature_results_total", result="unsigned") == posted
     assert total(found, "receiver_request_duration_seconds_count") == posted
     # Every new callback's lag, by channel; the writer counted its batches: every callback
-    # and rejection went through one, and each /healthz (its write proves the file writable).
+    # and rejection went through one, and each /healthz that came more than a second after
+    # the last commit (a fresher commit already proves the file writable).
     assert total(found, "receiver_callback_lag_seconds_count") == DISTINCT
     assert {dict(pairs).get("channel") for (n, pairs) in found
             if n == "receiver_callback_lag_seconds_count"} >= {"sms", "whatsapp", "none"}
     health_checks = sum(1 for line in json_lines(receiver)
                         if line["logger"] == "gunicorn.access" and line["path"] == "/healthz")
     written = total(found, "receiver_writer_batch_size_sum")
-    assert written == posted + health_checks
+    assert posted <= written <= posted + health_checks
     assert 0 < total(found, "receiver_writer_batch_size_count") <= written
     assert total(found, "receiver_database_size_bytes") > 0
     assert time.time() - total(found, "receiver_last_callback_timestamp_seconds") < 600
@@ -175,7 +176,7 @@ def test_metrics_needs_the_token(receiver):
 def test_alert_rules_pass_promtool_and_their_unit_tests():
     checked = promtool("check", "rules", "alerts.yml")
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "4 rules found" in checked.stdout
+    assert "5 rules found" in checked.stdout
     tested = promtool("test", "rules", "alerts_test.yml")
     assert tested.returncode == 0, tested.stdout + tested.stderr
     assert "SUCCESS" in tested.stdout
@@ -263,11 +264,12 @@ def test_prometheus_scrapes_the_receiver_and_reads_the_counters(receiver, tmp_pa
         def evaluated():
             rules = [rule for group in prometheus.api("rules")["groups"]
                      for rule in group["rules"]]
-            return len(rules) == 4 and all(r["health"] == "ok" for r in rules) and rules
+            return len(rules) == 5 and all(r["health"] == "ok" for r in rules) and rules
         rules = prometheus.wait_for(evaluated, "the alert rules evaluated")
         assert {r["name"] for r in rules} == {"ReceiverNoCallbacks", "ReceiverStorageErrors",
                                               "ReceiverSignatureFailures",
-                                              "ReceiverCallbackLagHigh"}
+                                              "ReceiverCallbackLagHigh",
+                                              "ReceiverProjectionBehind"}
         assert [r["name"] for r in rules if r["state"] == "firing"] == []
     finally:
         prometheus.stop()

@@ -11,9 +11,10 @@ import time
 
 import pytest
 
-from payloads import dumps, status
+from payloads import dumps, final_report, status
 from receiver import store
-from receiver.callbacks import parse
+from receiver.callbacks import Rejection, parse
+from receiver.rows import plan
 from receiver.config import load_settings
 from receiver.writer import (
     STALE_S,
@@ -53,7 +54,7 @@ def test_workers_store_through_the_one_writer_and_share_commits(server, rows, db
     def worker(chunk):
         remote = client(server)  # a connection of its own, as each worker process has
         for body in chunk:
-            results.append(remote.run("store_callback", parse(body), delivery(body)))
+            results.append(remote.run("store_planned", plan(parse(body), delivery(body))))
         remote.close()
 
     threads = [threading.Thread(target=worker, args=(bodies[i::8],)) for i in range(8)]
@@ -76,14 +77,14 @@ def test_a_storage_failure_reaches_the_worker_as_storage_error(server, db_path):
         body = dumps(status("m-1", "d-1"))
         remote = client(server)
         with pytest.raises(StorageError):
-            remote.run("store_callback", parse(body), delivery(body))
+            remote.run("store_planned", plan(parse(body), delivery(body)))
         remote.close()
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
     body = dumps(status("m-2", "d-1"))
     remote = client(server)
-    assert remote.run("store_callback", parse(body), delivery(body)).callback_id == 1
+    assert remote.run("store_planned", plan(parse(body), delivery(body))).callback_id == 1
     remote.close()
 
 
@@ -95,8 +96,9 @@ def _frame(payload):
 
 
 def _valid_request():
-    body = dumps(status("m-ok", "d-ok"))
-    return json.loads(encode_request("store_callback", (parse(body), delivery(body)), {}))
+    """A request whose arguments are typed values (a Rejection, a Delivery with bytes)."""
+    rejection = Rejection(400, "invalid_json", "The body is not JSON.", {"_body": ["no"]})
+    return json.loads(encode_request("store_rejection", (rejection, delivery(b"{")), {}))
 
 
 def _with(path, value):
@@ -113,10 +115,10 @@ BAD_FRAMES = {
     "a pickle": _frame(b"\x80\x04\x95\x1d\x00\x00\x00\x00\x00\x00\x00\x8c\x05posix\x94\x8c\x06"
                        b"system\x94\x93\x94\x8c\x05true\x94\x85\x94R\x94."),
     "JSON, not an object": _frame(b"[1, 2, 3]"),
-    "an object of the wrong shape": _frame(b'{"op": "store_callback", "args": 5, "kwargs": {}}'),
+    "an object of the wrong shape": _frame(b'{"op": "store_planned", "args": 5, "kwargs": {}}'),
     "an unknown operation": _frame(b'{"op": "rebuild_derived", "args": [], "kwargs": {}}'),
     "a dunder operation": _frame(b'{"op": "__class__", "args": [], "kwargs": {}}'),
-    "too few arguments": _frame(b'{"op": "store_callback", "args": [], "kwargs": {}}'),
+    "too few arguments": _frame(b'{"op": "store_rejection", "args": [], "kwargs": {}}'),
     "an unknown value type": _with(["args", 0, 0], "os.system"),
     "a field of the wrong type": _with(["args", 1, 1, "received_at"], 12),
     "an unknown field": _with(["args", 1, 1, "__init__"], "x"),
@@ -158,9 +160,10 @@ def test_a_truncated_frame_or_a_vanished_worker_does_not_stop_the_writer(server,
 def _still_serving(server, rows, db_path):
     """Nothing was stored by what came before; the next real request is served."""
     assert rows(db_path, "SELECT count(*) AS n FROM callbacks") == [{"n": 0}]
+    assert rows(db_path, "SELECT count(*) AS n FROM rejected_callbacks") == [{"n": 0}]
     remote = client(server)
     body = dumps(status("m-after", "d-after"))
-    assert remote.run("store_callback", parse(body), delivery(body)).callback_id == 1
+    assert remote.run("store_planned", plan(parse(body), delivery(body))).callback_id == 1
     remote.close()
 
 
@@ -260,3 +263,40 @@ def test_gunicorn_starts_a_writer_and_a_standby_and_workers_at_the_nice_asked(
         assert workers == [master + expected] * 2
     finally:
         assert server.stop() == []  # the writer too is gone after a TERM to the group
+
+
+def test_a_plans_keys_never_become_sql(server, rows, db_path):
+    """A plan crosses the socket as plain JSON: its keys are bound parameters, never column
+    names, so a key written as SQL runs nothing."""
+    body = dumps(final_report("d-sql"))
+    planned = plan(parse(body), delivery(body))
+    planned["report"]["dispatch_uuid) VALUES ('x'); DROP TABLE messages; --"] = "x"
+    remote = client(server)
+    remote.run("store_planned", planned)
+    remote.close()
+    assert rows(db_path, "SELECT count(*) AS n FROM messages") == [{"n": 0}]
+    assert rows(db_path, "SELECT dispatch_uuid FROM final_reports") == [{"dispatch_uuid": "d-sql"}]
+
+
+def test_a_stopping_writer_derives_what_it_committed_before_it_exits(db_path, tmp_path,
+                                                                     monkeypatch, rows):
+    """A graceful stop (the master closes the writer's stdin on TERM, HUP of the old master
+    after USR2) leaves the derived rows caught up, however far the next projection was."""
+    from receiver import writer as writer_module
+
+    monkeypatch.setattr(writer_module, "PROJECT_EVERY_S", 3600)
+    server = WriterServer(load_settings(db_path=str(db_path), synchronous="NORMAL"),
+                          str(tmp_path / "sock" / "writer.sock"))
+    thread = threading.Thread(target=server.serve, daemon=True)
+    thread.start()
+    remote = client(server)
+    for i in range(5):
+        body = dumps(status(f"m-{i}", "d-stop", "delivered"))
+        remote.run("store_planned", plan(parse(body), delivery(body)))
+    remote.close()
+    # Not derived yet: the next projection is an hour away.
+    assert rows(db_path, "SELECT count(*) AS n FROM messages") == [{"n": 0}]
+    server.stop()
+    thread.join(5)
+    assert rows(db_path, "SELECT count(*) AS n FROM messages") == [{"n": 5}]
+    assert rows(db_path, "SELECT message_count FROM dispatches") == [{"message_count": 5}]
