@@ -1434,10 +1434,13 @@ def main(argv=None):
     print()
     print(f"results: {out_path.relative_to(REPO) if out_path.is_relative_to(REPO) else out_path}; "
           f"logs and wrk output under {out_dir.relative_to(REPO) if out_dir.is_relative_to(REPO) else out_dir}")
-    noisy = [r["label"] for r in records if (r["cpu"].get("other_processes_cores") or 0) > 0.15]
+    others = [r["cpu"].get("other_processes_cores") or 0 for r in records]
+    noisy = [r["label"] for r, cores in zip(records, others) if cores > 0.15]
     if noisy:
-        print(f"warning: other processes used CPU during {', '.join(noisy)} (see 'other processes' "
-              f"above): figures of those runs are depressed and ratios unreliable; rerun on a quiet machine")
+        print(f"warning: other processes used {min(others):.2f}–{max(others):.2f} cores during "
+              f"{len(noisy)} of {len(records)} runs ({', '.join(noisy[:4])}{' …' if len(noisy) > 4 else ''};"
+              f" see 'other processes' above): their figures are depressed, only ratios within a "
+              f"round compare; rerun on a quiet machine")
     if noop_bad:
         print("warning: the no-op app had non-2xx answers or request errors; its figures are suspect")
     if failures:
