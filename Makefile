@@ -39,7 +39,8 @@ test: install system-deps
 # Debian packages the tests and benchmarks use, installed when missing (needs root or sudo).
 # nginx and openssl: tests/test_deploy.py runs deploy/nginx/ for real with a throwaway certificate.
 # prometheus: Debian's promtool and server for tests/test_prometheus.py.
-SYSTEM_PACKAGES := wrk chromium nginx openssl prometheus
+# gcc: `make bench` builds bench/slow_fsync.c, its simulated network disk.
+SYSTEM_PACKAGES := wrk chromium nginx openssl prometheus gcc
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -48,8 +49,10 @@ system-deps:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-## bench: the receiver vs validation alone, a textbook peer and a no-op app, and the writer alone (see bench/README.md)
-# e.g. make bench BENCH_ARGS="--repeat 3 --duration 15"; see bench/README.md
+## bench: the receiver vs validation alone, a textbook peer and a no-op app, on the normal and a
+## simulated network disk, and the writer alone (see bench/README.md)
+# e.g. make bench BENCH_ARGS="--repeat 3 --duration 10", or BENCH_ARGS=--quick for a short run.
+# One line per benchmark script below.
 BENCH_ARGS ?=
 bench: install system-deps
 	$(BIN)/pip install --quiet -e '.[bench]'

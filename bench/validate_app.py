@@ -4,9 +4,9 @@ Served like the others (``gunicorn -c config/gunicorn.conf.py bench.validate_app
 reads the body, checks the signature with the receiver's ``Verifier`` and validates it with
 the receiver's ``callbacks.parse`` (marshmallow), then answers as the receiver answers a stored
 callback (the receiver's own functions, from ``receiver.routes``), without storing anything.
-``bench/run.py --validate-only`` runs it beside the other two, so the table shows what
-validation alone costs against the no-op: an upper bound on the ratio any storage design can
-reach with this validation code.
+``bench/run.py`` runs it beside the other apps (``--apps validate-only``), so the table shows
+what validation alone costs against the no-op: an upper bound on the ratio any storage design
+can reach with this validation code.
 """
 
 from flask import Flask, jsonify
