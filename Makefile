@@ -40,7 +40,8 @@ test: install system-deps
 # nginx and openssl: tests/test_deploy.py runs deploy/nginx/ for real with a throwaway certificate.
 # prometheus: Debian's promtool and server for tests/test_prometheus.py.
 # gcc: `make bench` builds bench/slow_fsync.c, its simulated network disk.
-SYSTEM_PACKAGES := wrk chromium nginx openssl prometheus gcc
+# faketime: tests/test_writer_clock.py runs the writer under a shifted clock (libfaketime).
+SYSTEM_PACKAGES := wrk chromium nginx openssl prometheus gcc faketime
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
