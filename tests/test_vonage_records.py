@@ -338,3 +338,27 @@ def test_config_hides_the_api_secret(runner, monkeypatch):
     assert "VONAGE_API_KEY=abcd1234" in result.output
     assert "VONAGE_API_SECRET=(set, hidden)" in result.output and "hunter2" not in result.output
     assert "VONAGE_REPORTS_URL=https://api.nexmo.com" in result.output
+
+
+def test_the_database_takes_writes_while_a_file_is_read(db_path, rows, tmp_path):
+    """The rows are checked and staged before the write lock is taken: while a file is read,
+    another connection (the receiver's writer) can still commit at once."""
+    import sqlite3
+    from contextlib import closing
+
+    from receiver import db
+
+    path = write_zip(tmp_path / "MESSAGES_x.zip", day_records(range(30_000)))
+    committed = []
+    with closing(sqlite3.connect(str(db_path), timeout=0, isolation_level=None)) as writer, \
+            closing(db.connect(str(db_path))) as conn:
+        def progress(_read):
+            writer.execute("BEGIN IMMEDIATE")  # timeout=0: raises "database is locked" if held
+            writer.execute("INSERT INTO receiver_health (id, checked_at) VALUES (1, 'x') "
+                           "ON CONFLICT DO UPDATE SET checked_at = excluded.checked_at")
+            writer.execute("COMMIT")
+            committed.append(_read)
+
+        result = vonage_records.import_file(conn, str(path), progress=progress)
+    assert len(committed) > 1 and result.rows == 30_000
+    assert rows(db_path, "SELECT count(*) AS n FROM vonage_records") == [{"n": 30_000}]
