@@ -8,7 +8,7 @@ import sqlite_utils
 from . import views
 
 # Schema version kept in PRAGMA user_version; bump it with each migration below.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS callbacks (
@@ -176,7 +176,8 @@ CREATE TABLE IF NOT EXISTS workflows (
     price_nano INTEGER,
     currency TEXT,
     first_seen_at TEXT,
-    last_seen_at TEXT
+    last_seen_at TEXT,
+    incomplete INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS workflows_first_seen ON workflows (first_seen_at);
 CREATE INDEX IF NOT EXISTS workflows_outcome ON workflows (outcome, first_seen_at);
@@ -324,6 +325,10 @@ def init_db(path, **kwargs):
             if 0 < version < 2:
                 # Schema 2 adds `workflows`: one row for each dispatch stored before it.
                 store.refresh_all_workflows(conn)
+            if 0 < version < 3:
+                # Schema 3: one meaning of "reached the person" for both APIs and workflows'
+                # `incomplete`: derived rows stored before it are recomputed from the events.
+                store.migrate_to_3(conn)
             views.create_views(conn)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         return version

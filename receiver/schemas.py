@@ -29,8 +29,9 @@ TEMPLATES = ("failover",)
 # The current status of a message is the highest-ranked one seen, whatever the arrival order:
 # submitted < delivered < read, and the terminal failures above any success.
 STATUS_RANK = {"submitted": 1, "delivered": 2, "read": 3, "undeliverable": 4, "rejected": 5}
-# The ranks that mean the message reached the person: delivered or read.
-REACHED_RANKS = (STATUS_RANK["delivered"], STATUS_RANK["read"])
+# The statuses that mean the message reached the person, and their ranks (views.reached()).
+REACHED_STATUSES = ("delivered", "read")
+REACHED_RANKS = tuple(STATUS_RANK[status] for status in REACHED_STATUSES)
 # The ranks of a failed message: undeliverable or rejected.
 FAILED_RANKS = (STATUS_RANK["undeliverable"], STATUS_RANK["rejected"])
 

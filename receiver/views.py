@@ -8,12 +8,24 @@ Views (unlike canned queries) stream every row from Datasette with ``.csv?_strea
 """
 
 from . import money
-from .schemas import REACHED_RANKS
+from .schemas import REACHED_RANKS, REACHED_STATUSES
 
 
-def reached(column="status_rank"):
-    """SQL: true when ``column`` holds the rank of delivered or read."""
-    return f"{column} IN ({', '.join(str(rank) for rank in REACHED_RANKS)})"
+def reached(prefix=""):
+    """SQL over a ``messages`` row (columns prefixed ``prefix``, e.g. "m."): true when the
+    message reached the person, i.e. a delivered or read status was seen for it, by a status
+    callback or a final report's entry, whatever came after it (a later undeliverable or
+    rejected does not undo a delivery). The one definition used by the ``dispatches`` and
+    ``workflows`` refreshes of both APIs (store.py) and by the views."""
+    ranks = ", ".join(str(rank) for rank in REACHED_RANKS)
+    quoted = ", ".join(f"'{status}'" for status in REACHED_STATUSES)
+    return (f"({prefix}status_rank IN ({ranks}) OR {prefix}delivered_at IS NOT NULL"
+            f" OR {prefix}read_at IS NOT NULL OR {prefix}final_report_status IN ({quoted}))")
+
+
+def reached_at(prefix=""):
+    """SQL: when a message reached the person (NULL when only a final report says so)."""
+    return f"coalesce({prefix}delivered_at, {prefix}read_at)"
 
 
 def signed_format(expression):
@@ -195,7 +207,7 @@ SELECT
     channel,
     status,
     CASE WHEN {reached()} THEN 1 ELSE 0 END AS delivered,
-    CASE WHEN {reached()} THEN coalesce(delivered_at, read_at) END AS delivered_at
+    CASE WHEN {reached()} THEN {reached_at()} END AS delivered_at
 FROM messages
 WHERE coalesce(dispatch_uuid, workflow_id) IS NOT NULL
 """,

@@ -154,23 +154,6 @@ def test_billing_is_summed_only_in_the_views():
     assert places == ["receiver/store.py", "receiver/views.py"]
 
 
-def test_delivered_or_read_is_named_once():
-    """The ranks of "delivered or read" come from schemas.STATUS_RANK through views.reached();
-    no SQL spells them as numbers."""
-    import re
-    from pathlib import Path
-
-    from receiver import schemas, views
-
-    root = Path(__file__).resolve().parent.parent
-    assert views.reached() == (f"status_rank IN ({schemas.STATUS_RANK['delivered']}, "
-                               f"{schemas.STATUS_RANK['read']})")
-    spelled = [str(path.relative_to(root))
-               for path in [*root.glob("receiver/*.py"), root / "config" / "metadata.yml"]
-               if re.search(r"status_rank\s+IN\s*\(\s*\d", path.read_text())]
-    assert spelled == []
-
-
 def test_billing_by_dispatch_covers_messages_workflows_and_single_messages(client, runner, db_path):
     """A Messages API failover request is one line per currency under its workflow_id; a v1
     message outside any workflow is its own line; neither has a provider total."""

@@ -1,0 +1,77 @@
+"""One definition of each rule, tested by what it means: the same events give the same
+outcome whichever API sent them."""
+
+import pytest
+
+from payloads import new_uuid, status, v1_status
+
+CHANNELS = ("whatsapp", "sms")
+
+# Each leg's statuses in arrival order (leg 1 then leg 2 of a two-leg failover workflow), and
+# what they mean: the workflow's outcome, the channel that reached the person, and for each
+# leg seen whether it reached the person (dispatch_steps.delivered).
+SCENARIOS = {
+    "delivered, then undeliverable": ([["delivered", "undeliverable"], []],
+                                      ("delivered", "whatsapp", [1])),
+    "delivered, then rejected, on the last leg": ([["rejected"], ["submitted", "delivered", "rejected"]],
+                                                  ("delivered", "sms", [0, 1])),
+    "read only": ([["read"], []], ("delivered", "whatsapp", [1])),
+    "first leg rejected, second delivered": ([["submitted", "rejected"], ["submitted", "delivered"]],
+                                             ("delivered", "sms", [0, 1])),
+    "submitted only": ([["submitted"], []], ("pending", None, [0])),
+    "first leg rejected, second not heard of yet": ([["rejected"], []], ("pending", None, [0])),
+}
+
+
+def post_dispatch(post, legs):
+    """The legs as Dispatch status callbacks of one dispatch (no final report)."""
+    d = new_uuid()
+    for leg, (channel, statuses) in enumerate(zip(CHANNELS, legs), start=1):
+        m = new_uuid()
+        for second, name in enumerate(statuses):
+            assert post(status(m, d, name, channel=channel,
+                               timestamp=f"2026-11-01T10:0{leg}:{second:02d}.000Z")).status_code == 200
+    return d
+
+
+def post_messages(post, legs):
+    """The same legs as Messages API v1 failover legs of one request."""
+    w = f"W-{new_uuid()}"
+    for leg, (channel, statuses) in enumerate(zip(CHANNELS, legs), start=1):
+        m = new_uuid()
+        for second, name in enumerate(statuses):
+            assert post(v1_status(m, name, channel=channel, workflow=(w, leg, len(CHANNELS)),
+                                  timestamp=f"2026-11-01T10:0{leg}:{second:02d}Z")).status_code == 200
+    return w
+
+
+@pytest.mark.parametrize("legs, expected", SCENARIOS.values(), ids=SCENARIOS.keys())
+def test_the_same_events_give_the_same_outcome_for_both_apis(post, rows, db_path, legs, expected):
+    """"Reached the person" has one meaning: in `workflows` and `dispatch_steps`, for a
+    Dispatch dispatch and a Messages failover request alike."""
+    for workflow_id in (post_dispatch(post, legs), post_messages(post, legs)):
+        [workflow] = rows(db_path, "SELECT * FROM workflows WHERE workflow_id = ?", workflow_id)
+        steps = rows(db_path, "SELECT * FROM dispatch_steps WHERE workflow_id = ? ORDER BY step",
+                     workflow_id)
+        got = (workflow["outcome"], workflow["delivered_channel"], [s["delivered"] for s in steps])
+        assert got == expected, workflow["api"]
+        reached = [s["channel"] for s in steps if s["delivered"]]
+        assert workflow["delivered_channel"] == (reached[0] if reached else None)
+
+
+def test_init_db_recomputes_rows_stored_under_the_old_rule(post, rows, db_path, runner):
+    """A schema-2 file whose workflow says `pending` for a delivered-then-undeliverable leg is
+    recomputed by `receiver init-db`, and `receiver check` then finds nothing to fix."""
+    import sqlite3
+    from contextlib import closing
+
+    d = post_dispatch(post, [["delivered", "undeliverable"], []])
+    with closing(sqlite3.connect(db_path)) as conn, conn:
+        conn.execute("UPDATE dispatches SET delivered_channel = NULL")
+        conn.execute("UPDATE workflows SET outcome = 'pending', delivered_channel = NULL")
+        conn.execute("PRAGMA user_version = 2")
+    assert runner.invoke(["init-db", "--db", str(db_path)]).exit_code == 0
+    [workflow] = rows(db_path, "SELECT outcome, delivered_channel FROM workflows WHERE workflow_id = ?", d)
+    assert workflow == {"outcome": "delivered", "delivered_channel": "whatsapp"}
+    result = runner.invoke(["check", "--db", str(db_path)])
+    assert result.exit_code == 0, result.output
