@@ -200,9 +200,11 @@ SELECT
     dispatch_uuid,
     api,
     coalesce(dispatch_uuid, workflow_id) AS workflow_id,
-    row_number() OVER (PARTITION BY coalesce(dispatch_uuid, workflow_id)
-                       ORDER BY workflow_position IS NULL, workflow_position, first_seen_at,
-                       message_uuid) AS step,
+    -- its leg number when known (a leg never heard of leaves a gap), else its arrival order
+    coalesce(workflow_position,
+             row_number() OVER (PARTITION BY coalesce(dispatch_uuid, workflow_id)
+                                ORDER BY workflow_position IS NULL, workflow_position,
+                                first_seen_at, message_uuid)) AS step,
     message_uuid,
     channel,
     status,
@@ -226,6 +228,27 @@ SELECT
     d.delivered_channel AS dispatch_delivered_channel
 FROM messages m LEFT JOIN dispatches d ON d.dispatch_uuid = m.dispatch_uuid
 WHERE m.status = 'submitted'
+""",
+    # Workflows of either API missing a leg below the highest leg seen (workflows.incomplete):
+    # which legs were heard of, and how long ago the last one was.
+    "incomplete_workflows": f"""
+SELECT
+    w.workflow_id,
+    w.api,
+    w.legs,
+    (SELECT group_concat(workflow_position, ',') FROM (
+        SELECT DISTINCT m.workflow_position FROM messages m
+        WHERE (m.dispatch_uuid = w.workflow_id OR (m.dispatch_uuid IS NULL AND m.workflow_id = w.workflow_id))
+          AND m.workflow_position IS NOT NULL
+        ORDER BY m.workflow_position)) AS legs_heard_of,
+    w.channels,
+    w.outcome,
+    w.delivered_channel,
+    w.first_seen_at,
+    w.last_seen_at,
+    {hours_since('w.last_seen_at')} AS hours_since_last_event
+FROM workflows w
+WHERE w.incomplete
 """,
     "dispatches_without_final_report": f"""
 SELECT

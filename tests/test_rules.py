@@ -75,3 +75,42 @@ def test_init_db_recomputes_rows_stored_under_the_old_rule(post, rows, db_path, 
     assert workflow == {"outcome": "delivered", "delivered_channel": "whatsapp"}
     result = runner.invoke(["check", "--db", str(db_path)])
     assert result.exit_code == 0, result.output
+
+
+def test_a_workflow_whose_first_leg_never_arrived_is_flagged_listed_and_counted(post, rows, db_path):
+    """Leg 2 of 2 delivered, leg 1 never heard of: the workflow is `incomplete`, listed in
+    incomplete_workflows, counted by the dashboard's card, and counts as having failed over;
+    a complete workflow is none of these."""
+    import yaml
+    from pathlib import Path
+
+    from test_datasette_v1 import chart_sql
+
+    w = f"W-{new_uuid()}"
+    assert post(v1_status(new_uuid(), "delivered", channel="sms", workflow=(w, 2, 2))).status_code == 200
+    complete = post_messages(post, [["rejected"], ["delivered"]])
+    [flags] = rows(db_path, "SELECT incomplete, outcome, legs, legs_seen FROM workflows WHERE workflow_id = ?", w)
+    assert flags == {"incomplete": 1, "outcome": "delivered", "legs": 2, "legs_seen": 1}
+    assert rows(db_path, "SELECT incomplete FROM workflows WHERE workflow_id = ?", complete) == [{"incomplete": 0}]
+    listed = rows(db_path, "SELECT workflow_id, legs_heard_of, channels FROM incomplete_workflows")
+    assert listed == [{"workflow_id": w, "legs_heard_of": "2", "channels": "sms"}]
+    steps = rows(db_path, "SELECT step, channel FROM dispatch_steps WHERE workflow_id = ?", w)
+    assert steps == [{"step": 2, "channel": "sms"}]
+
+    metadata = yaml.safe_load((Path(__file__).resolve().parent.parent / "config" / "metadata.yml").read_text())
+    charts = metadata["plugins"]["datasette-dashboards"]["dispatch"]["charts"]
+    assert rows(db_path, chart_sql(charts["incomplete-workflows"]["query"], {})) == [{"incomplete": 1}]
+    assert rows(db_path, chart_sql(charts["failover-overall"]["query"], {})) == [{"failover": "100.0 %"}]
+
+
+def test_the_dashboard_counts_rejected_callbacks(post, rows, db_path):
+    import yaml
+    from pathlib import Path
+
+    from test_datasette_v1 import chart_sql
+
+    assert post(b"{not json").status_code == 400
+    assert post({"message_uuid": "x"}).status_code == 422
+    metadata = yaml.safe_load((Path(__file__).resolve().parent.parent / "config" / "metadata.yml").read_text())
+    chart = metadata["plugins"]["datasette-dashboards"]["dispatch"]["charts"]["rejected-callbacks"]
+    assert rows(db_path, chart_sql(chart["query"], {})) == [{"rejected": 2}]
