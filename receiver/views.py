@@ -74,7 +74,8 @@ SELECT
 FROM messages
 WHERE {CHARGED_AT} IS NOT NULL
 """,
-    # Per charge day (UTC), API, channel and currency.
+    # Per charge day (UTC), API, channel and currency. Charged messages without a price have
+    # no currency: their row (currency empty) counts them in unpriced_messages.
     "billing_by_day": f"""
 SELECT
     date(charged_at) AS day,
@@ -83,10 +84,26 @@ SELECT
     currency,
     count(*) AS messages,
     count(price_nano) AS priced_messages,
+    count(*) - count(price_nano) AS unpriced_messages,
     {money.sql_format('sum(price_nano)')} AS total,
     sum(price_nano) AS total_nano
 FROM billing_lines
 GROUP BY day, api, channel, currency
+""",
+    # Per charge month (UTC, YYYY-MM), API, channel and currency: a month's totals.
+    "billing_by_month": f"""
+SELECT
+    strftime('%Y-%m', charged_at) AS month,
+    api,
+    channel,
+    currency,
+    count(*) AS messages,
+    count(price_nano) AS priced_messages,
+    count(*) - count(price_nano) AS unpriced_messages,
+    {money.sql_format('sum(price_nano)')} AS total,
+    sum(price_nano) AS total_nano
+FROM billing_lines
+GROUP BY month, api, channel, currency
 """,
     # Per workflow of either API (a Dispatch dispatch, a Messages failover request; a message
     # outside any workflow on its own line) and currency, compared with the final report's
@@ -106,6 +123,7 @@ totals AS (
         min(min(charged_at)) OVER workflow AS first_charged_at,
         count(*) AS messages,
         count(price_nano) AS priced_messages,
+        count(*) - count(price_nano) AS unpriced_messages,
         group_concat(DISTINCT channel) AS channels,
         sum(price_nano) AS total_nano,
         count(currency) OVER workflow AS currencies
@@ -120,6 +138,7 @@ SELECT
     b.first_charged_at,
     b.messages,
     b.priced_messages,
+    b.unpriced_messages,
     b.channels,
     b.currency,
     {money.sql_format('b.total_nano')} AS total,
@@ -265,6 +284,25 @@ FROM dispatches
 WHERE final_status IS NULL
 """,
 }
+
+
+# Totals per channel and currency over any period of charge days (:first_day to :last_day,
+# inclusive YYYY-MM-DD), added up from billing_by_day: `receiver export billing --by channel`.
+PERIOD_TOTALS = f"""
+SELECT
+    :first_day AS first_day,
+    :last_day AS last_day,
+    channel,
+    currency,
+    sum(messages) AS messages,
+    sum(priced_messages) AS priced_messages,
+    sum(unpriced_messages) AS unpriced_messages,
+    {money.sql_format('sum(total_nano)')} AS total,
+    sum(total_nano) AS total_nano
+FROM billing_by_day
+WHERE day >= :first_day AND day <= :last_day
+GROUP BY channel, currency
+"""
 
 
 def create_views(conn):
