@@ -1,4 +1,6 @@
-"""CSV and JSONL exports for billing reconciliation and audits, streamed in constant memory."""
+"""CSV and JSONL exports for billing reconciliation and audits, streamed in constant memory.
+
+Every CSV cell goes through csvsafe.neutralise (safe to open in a spreadsheet)."""
 
 import csv
 import json
@@ -6,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from . import money, views
+from .csvsafe import neutralise_row
 
 # Each billing export is every column of one view of receiver/views.py (the one definition of
 # billing, with the columns Datasette shows) for a period, in a fixed order; each row has one
@@ -80,7 +83,7 @@ def write_billing_csv(conn, by, start, end, out, progress=None):
     writer.writerow(columns)
     summary = BillingSummary()
     for values in cursor:
-        writer.writerow(values)
+        writer.writerow(neutralise_row(values))
         summary.add(dict(zip(columns, values)))
         if progress is not None:
             progress.update(1)
@@ -116,7 +119,7 @@ def write_events(rows, out, fmt, progress=None):
         writer.writerow(EVENT_COLUMNS)
     for row in rows:
         if fmt == "csv":
-            writer.writerow([row[c] for c in EVENT_COLUMNS])
+            writer.writerow(neutralise_row(row[c] for c in EVENT_COLUMNS))
         else:
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
         if progress is not None:
