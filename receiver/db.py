@@ -326,8 +326,9 @@ def init_db(path, **kwargs):
                 # Schema 2 adds `workflows`: one row for each dispatch stored before it.
                 store.refresh_all_workflows(conn)
             if 0 < version < 3:
-                # Schema 3: one meaning of "reached the person" for both APIs and workflows'
-                # `incomplete`: derived rows stored before it are recomputed from the events.
+                # Schema 3: one meaning of "reached the person" for both APIs, workflows'
+                # `incomplete`, a Messages error's text in error_reason: derived rows stored
+                # before it are recomputed from the events.
                 store.migrate_to_3(conn)
             views.create_views(conn)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

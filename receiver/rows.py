@@ -117,7 +117,8 @@ def _v1_status(data):
         "from_type": channel,
         # The error code both APIs share (an integer); the v1 code as sent is error_title.
         "error_code": int(title) if title and title.isascii() and title.isdigit() and len(title) <= 9 else None,
-        "error_reason": None,
+        # The reason both APIs share: Dispatch's error.reason, Messages v1's error.detail.
+        "error_reason": error.get("detail"),
         "error_type": error.get("type"),
         "error_title": title,
         "error_detail": error.get("detail"),

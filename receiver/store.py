@@ -414,7 +414,10 @@ def rebuild_derived(conn):
 
 
 def migrate_to_3(conn):
-    """Schema 3 (db.init_db): every derived row is recomputed under the rules of this version."""
+    """Schema 3 (db.init_db): a Messages v1 error's text is error_reason too (rows.py puts it
+    there now), then every derived row is recomputed under the rules of this version."""
+    conn.execute("UPDATE status_events SET error_reason = error_detail "
+                 "WHERE error_reason IS NULL AND error_detail IS NOT NULL")
     rebuild_derived(conn)
 
 

@@ -248,6 +248,29 @@ SELECT
 FROM messages m LEFT JOIN dispatches d ON d.dispatch_uuid = m.dispatch_uuid
 WHERE m.status = 'submitted'
 """,
+    # Failed workflows of either API with why: the code and reason of the last leg (the one
+    # whose failure ended the workflow; error_reason is both APIs' error text).
+    "failed_workflows": """
+SELECT
+    w.workflow_id,
+    w.api,
+    w.legs,
+    w.legs_seen,
+    w.channels,
+    l.channel AS last_leg_channel,
+    l.status AS last_leg_status,
+    l.error_code,
+    l.error_reason,
+    w.first_seen_at,
+    w.last_seen_at
+FROM workflows w
+LEFT JOIN messages l ON l.message_uuid = (
+    SELECT m.message_uuid FROM messages m
+    WHERE m.dispatch_uuid = w.workflow_id OR (m.dispatch_uuid IS NULL AND m.workflow_id = w.workflow_id)
+    ORDER BY m.workflow_position IS NULL, m.workflow_position DESC, m.last_seen_at DESC
+    LIMIT 1)
+WHERE w.outcome = 'failed'
+""",
     # Workflows of either API missing a leg below the highest leg seen (workflows.incomplete):
     # which legs were heard of, and how long ago the last one was.
     "incomplete_workflows": f"""

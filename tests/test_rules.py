@@ -114,3 +114,37 @@ def test_the_dashboard_counts_rejected_callbacks(post, rows, db_path):
     metadata = yaml.safe_load((Path(__file__).resolve().parent.parent / "config" / "metadata.yml").read_text())
     chart = metadata["plugins"]["datasette-dashboards"]["dispatch"]["charts"]["rejected-callbacks"]
     assert rows(db_path, chart_sql(chart["query"], {})) == [{"rejected": 2}]
+
+
+def test_why_a_messages_message_failed_is_where_support_looks(post, db_path, monkeypatch):
+    """The reason Vonage gave shows beside the code for both APIs: in the timeline, the
+    message's history and the failed-workflows list."""
+    import sqlite3
+    from contextlib import closing
+
+    from payloads import messages_failover
+    from test_datasette import DB_NAME, Client
+
+    w, legs, bodies = messages_failover(("whatsapp", "sms"), delivered=False)
+    d = new_uuid()
+    for body in [*bodies, status(new_uuid(), d, "rejected", channel="sms", error=(1330, "Delivery failed")),
+                 __import__("payloads").final_report(d, [], status="error")]:
+        assert post(body).status_code == 200
+    monkeypatch.delenv("DATASETTE_PASSWORD_HASH", raising=False)
+    served = db_path.parent / f"{DB_NAME}.db"
+    with closing(sqlite3.connect(db_path)) as source, closing(sqlite3.connect(served)) as copy:
+        source.backup(copy)
+    client = Client(served)
+    try:
+        timeline = client.query("dispatch_timeline", dispatch_uuid=w)
+        assert {(r["error_code"], r["error_reason"]) for r in timeline if r["status"] == "rejected"} == {
+            (1300, "Not part of the provider network")}
+        history = client.query("message_history", message_uuid=legs[-1])
+        assert [(r["error_code"], r["error_reason"]) for r in history if r["status"] == "rejected"] == [
+            (1300, "Not part of the provider network")]
+        failed = client.json(f"/{DB_NAME}/failed_workflows.json", _shape="objects")["rows"]
+        assert {(r["api"], r["last_leg_channel"], r["error_code"], r["error_reason"]) for r in failed} == {
+            ("messages", "sms", 1300, "Not part of the provider network"),
+            ("dispatch", "sms", 1330, "Delivery failed")}
+    finally:
+        client.close()
