@@ -8,7 +8,7 @@ row, its event rows and its observations of ``messages`` rows, as plain data. Th
 import re
 
 from . import money
-from .schemas import MESSAGE_STATUS, STATUS_RANK, V1, V1_CHANNEL_NAMES
+from .schemas import MESSAGE_STATUS, STATUS_RANK, V1, channel_name
 from .signatures import UNSIGNED
 
 # The columns of a ``callbacks`` row as a plan carries them, in order.
@@ -104,7 +104,7 @@ def _v01_status(data):
 
 def _v1_status(data):
     """The columns of the Messages API v1 shape: string addresses, top-level channel."""
-    channel = V1_CHANNEL_NAMES.get(data["channel"], data["channel"])
+    channel = channel_name(data["channel"])
     error = data.get("error") or {}
     title = error.get("title") or None
     if title is None and error.get("type"):
