@@ -148,3 +148,20 @@ def test_why_a_messages_message_failed_is_where_support_looks(post, db_path, mon
             ("dispatch", "sms", 1330, "Delivery failed")}
     finally:
         client.close()
+
+
+def test_init_db_moves_a_stored_messages_error_text_into_error_reason(post, rows, db_path, runner):
+    import sqlite3
+    from contextlib import closing
+
+    m = new_uuid()
+    assert post(v1_status(m, "rejected", error=("1300", "Not part of the provider network"))).status_code == 200
+    with closing(sqlite3.connect(db_path)) as conn, conn:
+        conn.execute("UPDATE status_events SET error_reason = NULL")
+        conn.execute("UPDATE messages SET error_reason = NULL")
+        conn.execute("PRAGMA user_version = 2")
+    assert runner.invoke(["init-db", "--db", str(db_path)]).exit_code == 0
+    for table in ("status_events", "messages"):
+        assert rows(db_path, f"SELECT error_reason FROM {table}") == [
+            {"error_reason": "Not part of the provider network"}], table
+    assert runner.invoke(["check", "--db", str(db_path)]).exit_code == 0
