@@ -15,8 +15,8 @@ from functools import lru_cache
 
 from . import money, rows
 from .schemas import FAILED_RANKS, format_timestamp
-from .views import reached, reached_at
 from .signatures import UNSIGNED
+from .views import reached, reached_at
 
 
 def utcnow():

@@ -5,7 +5,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from payloads import dumps, new_uuid, status, v1_status
+from payloads import new_uuid, status, v1_status
 from receiver.schemas import format_timestamp
 from test_metrics import delta, scrape
 

@@ -1,9 +1,19 @@
 """One definition of each rule, tested by what it means: the same events give the same
 outcome whichever API sent them."""
 
-import pytest
+import sqlite3
+from contextlib import closing
+from pathlib import Path
 
-from payloads import new_uuid, status, v1_status
+import pytest
+import yaml
+
+from payloads import final_report, messages_failover, new_uuid, status, v1_status
+from test_datasette import DB_NAME, Client
+from test_datasette_v1 import chart_sql
+
+CHARTS = yaml.safe_load((Path(__file__).resolve().parent.parent / "config" / "metadata.yml")
+                        .read_text())["plugins"]["datasette-dashboards"]["dispatch"]["charts"]
 
 CHANNELS = ("whatsapp", "sms")
 
@@ -62,9 +72,6 @@ def test_the_same_events_give_the_same_outcome_for_both_apis(post, rows, db_path
 def test_init_db_recomputes_rows_stored_under_the_old_rule(post, rows, db_path, runner):
     """A schema-2 file whose workflow says `pending` for a delivered-then-undeliverable leg is
     recomputed by `receiver init-db`, and `receiver check` then finds nothing to fix."""
-    import sqlite3
-    from contextlib import closing
-
     d = post_dispatch(post, [["delivered", "undeliverable"], []])
     with closing(sqlite3.connect(db_path)) as conn, conn:
         conn.execute("UPDATE dispatches SET delivered_channel = NULL")
@@ -81,11 +88,6 @@ def test_a_workflow_whose_first_leg_never_arrived_is_flagged_listed_and_counted(
     """Leg 2 of 2 delivered, leg 1 never heard of: the workflow is `incomplete`, listed in
     incomplete_workflows, counted by the dashboard's card, and counts as having failed over;
     a complete workflow is none of these."""
-    import yaml
-    from pathlib import Path
-
-    from test_datasette_v1 import chart_sql
-
     w = f"W-{new_uuid()}"
     assert post(v1_status(new_uuid(), "delivered", channel="sms", workflow=(w, 2, 2))).status_code == 200
     complete = post_messages(post, [["rejected"], ["delivered"]])
@@ -97,38 +99,23 @@ def test_a_workflow_whose_first_leg_never_arrived_is_flagged_listed_and_counted(
     steps = rows(db_path, "SELECT step, channel FROM dispatch_steps WHERE workflow_id = ?", w)
     assert steps == [{"step": 2, "channel": "sms"}]
 
-    metadata = yaml.safe_load((Path(__file__).resolve().parent.parent / "config" / "metadata.yml").read_text())
-    charts = metadata["plugins"]["datasette-dashboards"]["dispatch"]["charts"]
-    assert rows(db_path, chart_sql(charts["incomplete-workflows"]["query"], {})) == [{"incomplete": 1}]
-    assert rows(db_path, chart_sql(charts["failover-overall"]["query"], {})) == [{"failover": "100.0 %"}]
+    assert rows(db_path, chart_sql(CHARTS["incomplete-workflows"]["query"], {})) == [{"incomplete": 1}]
+    assert rows(db_path, chart_sql(CHARTS["failover-overall"]["query"], {})) == [{"failover": "100.0 %"}]
 
 
 def test_the_dashboard_counts_rejected_callbacks(post, rows, db_path):
-    import yaml
-    from pathlib import Path
-
-    from test_datasette_v1 import chart_sql
-
     assert post(b"{not json").status_code == 400
     assert post({"message_uuid": "x"}).status_code == 422
-    metadata = yaml.safe_load((Path(__file__).resolve().parent.parent / "config" / "metadata.yml").read_text())
-    chart = metadata["plugins"]["datasette-dashboards"]["dispatch"]["charts"]["rejected-callbacks"]
-    assert rows(db_path, chart_sql(chart["query"], {})) == [{"rejected": 2}]
+    assert rows(db_path, chart_sql(CHARTS["rejected-callbacks"]["query"], {})) == [{"rejected": 2}]
 
 
 def test_why_a_messages_message_failed_is_where_support_looks(post, db_path, monkeypatch):
     """The reason Vonage gave shows beside the code for both APIs: in the timeline, the
     message's history and the failed-workflows list."""
-    import sqlite3
-    from contextlib import closing
-
-    from payloads import messages_failover
-    from test_datasette import DB_NAME, Client
-
     w, legs, bodies = messages_failover(("whatsapp", "sms"), delivered=False)
     d = new_uuid()
     for body in [*bodies, status(new_uuid(), d, "rejected", channel="sms", error=(1330, "Delivery failed")),
-                 __import__("payloads").final_report(d, [], status="error")]:
+                 final_report(d, [], status="error")]:
         assert post(body).status_code == 200
     monkeypatch.delenv("DATASETTE_PASSWORD_HASH", raising=False)
     served = db_path.parent / f"{DB_NAME}.db"
@@ -151,9 +138,6 @@ def test_why_a_messages_message_failed_is_where_support_looks(post, db_path, mon
 
 
 def test_init_db_moves_a_stored_messages_error_text_into_error_reason(post, rows, db_path, runner):
-    import sqlite3
-    from contextlib import closing
-
     m = new_uuid()
     assert post(v1_status(m, "rejected", error=("1300", "Not part of the provider network"))).status_code == 200
     with closing(sqlite3.connect(db_path)) as conn, conn:
