@@ -88,13 +88,14 @@ def _v01_status(data):
     sender = data.get("from") or {}
     error = data.get("error") or {}
     parent = (data.get("_links") or {}).get("dispatch") or (data.get("_links") or {}).get("workflow") or {}
+    to_type, from_type = channel_name(to.get("type")), channel_name(sender.get("type"))
     return {
         "dispatch_uuid": parent.get("dispatch_uuid"),
-        "channel": to.get("type") or sender.get("type"),
-        "to_type": to.get("type"),
+        "channel": to_type or from_type,
+        "to_type": to_type,
         "to_id": to.get("id"),
         "to_number": to.get("number"),
-        "from_type": sender.get("type"),
+        "from_type": from_type,
         "from_id": sender.get("id"),
         "from_number": sender.get("number"),
         "error_code": error.get("code"),
