@@ -82,19 +82,21 @@ DISPATCH, MESSAGES = "dispatch", "messages"
 def classify(payload, default=None):
     """Decide a callback's kind and body version by its shape: (kind, version).
 
-    - a Messages inbound message (``message_type``, no ``status``) is refused: it is no status;
+    - a Messages inbound message is refused, it is no status: no ``status``, and its type in
+      ``message_type`` (v1) or in ``message.content.type`` (v0.1, with ``to``/``from`` objects);
     - a final report has a top-level ``dispatch_uuid`` and ``template`` (or its message links);
     - a status has ``message_uuid``: Messages v1 when ``to``/``from`` are strings or
       ``channel`` is top-level, else the v0.1 shape Dispatch and Messages v0.1 share.
     The endpoint's ``default`` kind decides when the shape does not; (None, V01) if nothing does.
     """
-    if "message_type" in payload and "status" not in payload:
+    if "status" not in payload and ("message_type" in payload or _v01_inbound(payload)):
         raise Rejection(
             422, "inbound_message",
             "This is a Messages API inbound message (a user's reply), not a status: the "
             "application's Inbound URL points at the status receiver. Point the Inbound URL at "
             "the service that handles replies; only the Status URL belongs here.",
-            {"message_type": ["Inbound messages are not stored by the status receiver."]},
+            {"message_type" if "message_type" in payload else "message.content.type":
+                ["Inbound messages are not stored by the status receiver."]},
         )
     if "message_uuid" in payload:
         v1 = (isinstance(payload.get("to"), str) or isinstance(payload.get("from"), str)
@@ -103,6 +105,13 @@ def classify(payload, default=None):
     if "dispatch_uuid" in payload and ("template" in payload or "_links" in payload):
         return FINAL_REPORT, V01
     return default, V01
+
+
+def _v01_inbound(payload):
+    """True for the v0.1 shape of a Messages inbound message: ``message.content.type``."""
+    message = payload.get("message")
+    return (isinstance(message, dict) and isinstance(message.get("content"), dict)
+            and "type" in message["content"])
 
 
 def api_of(payload, version):

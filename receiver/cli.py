@@ -253,27 +253,28 @@ def _with_period(command):
 @export.command("billing")
 @database_option
 @_with_period
-@click.option("--by", type=click.Choice(["message", "dispatch", "day"]), default="message",
+@click.option("--by", type=click.Choice(list(exports.BILLING)), default="message",
               show_default=True, help="One row per charged message; per dispatch (or Messages workflow) and currency, "
-              "for those first charged in the period, all their charges; or per day, channel "
-              "and currency.")
+              "for those first charged in the period, all their charges; per day, API, channel "
+              "and currency; per month, API, channel and currency (every month the period "
+              "touches, whole); or per channel and currency over the period.")
 def export_billing(database, start, end, output, by):
     """Billing CSV: what Vonage charged, by the time each message became chargeable.
 
     SMS/MMS are charged when submitted, WhatsApp, Viber and Messenger when delivered.
     Each row has one currency; totals are exact decimals, never summed across currencies;
-    the grand total per currency is printed on stderr. Reads the views billing_lines,
-    billing_by_workflow and billing_by_day.
+    the grand total per currency, and how many charged messages carry no price (per
+    channel), are printed on stderr. Every column of the view it reads (billing_lines,
+    billing_by_workflow, billing_by_day, billing_by_month), as Datasette's CSV has them.
 
-    Example: receiver export billing --from 2026-11-01 --to 2026-11-30 --by day -o nov.csv
+    Example: receiver export billing --from 2026-11-01 --to 2026-11-30 --by channel -o nov.csv
     """
     conn = _open(database, readonly=True)
     _say_if_behind(conn, "this export leaves out what they have yet to take")
     total = exports.count_billing_rows(conn, by, start, end)
     with _open_output(output) as out, _progress(total, "Exporting billing") as bar:
-        totals = exports.write_billing_csv(conn, by, start, end, out, progress=bar)
-    summary = ", ".join(f"{amount} {currency}" for currency, amount in sorted(totals.items()))
-    click.echo(f"{total} rows; total {summary or '0'}", err=True)
+        summary = exports.write_billing_csv(conn, by, start, end, out, progress=bar)
+    click.echo(summary.line(total), err=True)
 
 
 @export.command("events")

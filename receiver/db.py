@@ -9,8 +9,8 @@ import sqlite_utils
 from . import views
 
 # Schema version kept in PRAGMA user_version; bump it with each migration below.
-# 3: Vonage's records (VONAGE_RECORD_TABLES) and the projection's position and triggers
-# (PROJECTION); each step is idempotent.
+# 3: one meaning of "reached the person" (derived rows recomputed), Vonage's records
+# (VONAGE_RECORD_TABLES), the projection's position and triggers (PROJECTION).
 SCHEMA_VERSION = 3
 
 TABLES = """
@@ -189,7 +189,8 @@ CREATE TABLE IF NOT EXISTS workflows (
     price_nano INTEGER,
     currency TEXT,
     first_seen_at TEXT,
-    last_seen_at TEXT
+    last_seen_at TEXT,
+    incomplete INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS workflows_first_seen ON workflows (first_seen_at);
 CREATE INDEX IF NOT EXISTS workflows_outcome ON workflows (outcome, first_seen_at);
@@ -440,6 +441,12 @@ def init_db(path, **kwargs):
             if 0 < version < 2:
                 # Schema 2 adds `workflows`: one row for each dispatch stored before it.
                 store.refresh_all_workflows(conn)
+            if 0 < version < 3:
+                # Schema 3: one meaning of "reached the person" for both APIs, workflows'
+                # `incomplete`, a Messages error's text in error_reason: derived rows stored
+                # before it are recomputed from the events (all of them: the projection
+                # below starts after the last event).
+                store.migrate_to_3(conn)
             _create_vonage_record_tables(conn)
             for statement in PROJECTION:
                 conn.execute(statement)

@@ -1,76 +1,93 @@
-"""CSV and JSONL exports for billing reconciliation and audits, streamed in constant memory."""
+"""CSV and JSONL exports for billing reconciliation and audits, streamed in constant memory.
+
+Every CSV cell goes through csvsafe.neutralise (safe to open in a spreadsheet)."""
 
 import csv
 import json
+from dataclasses import dataclass, field
 from datetime import timedelta
 
-from . import money
+from . import money, views
+from .csvsafe import neutralise_row
 
-# Each export reads one view of receiver/views.py, the one definition of billing; each row
-# has one currency. (columns written, SELECT with :start/:end; the last value is the row's
-# amount in nano-units, for the per-currency totals)
-BY_MESSAGE = (
-    ["charged_at", "dispatch_uuid", "message_uuid", "channel", "charged_status", "price",
-     "currency", "price_source"],
-    """SELECT charged_at, dispatch_uuid, message_uuid, channel, charged_status, price, currency,
-              price_source, price_nano
-       FROM billing_lines WHERE charged_at >= :start AND charged_at < :end
-       ORDER BY charged_at, message_uuid""",
-)
-BY_WORKFLOW = (
-    ["api", "workflow_id", "message_uuid", "first_charged_at", "messages", "channels", "total",
-     "currency", "final_report_total", "final_report_currency", "difference", "reason"],
-    """SELECT api, workflow_id, message_uuid, first_charged_at, messages, channels, total,
-              currency, final_report_total, final_report_currency, difference, reason,
-              total_nano
-       FROM billing_by_workflow WHERE first_charged_at >= :start AND first_charged_at < :end
-       ORDER BY first_charged_at, api, workflow_id, message_uuid, currency""",
-)
-BY_DAY = (
-    ["day", "channel", "currency", "messages", "total"],
-    """SELECT day, channel, currency, messages, total, total_nano
-       FROM billing_by_day WHERE day >= :start AND day < :end
-       ORDER BY day, channel, currency""",
-)
-BILLING = {"message": BY_MESSAGE, "dispatch": BY_WORKFLOW, "day": BY_DAY}
+# Each billing export is every column of one view of receiver/views.py (the one definition of
+# billing, with the columns Datasette shows) for a period, in a fixed order; each row has one
+# currency. :start/:end bound times ([start, end)), :first_day/:last_day days (inclusive).
+BILLING = {
+    "message": """SELECT * FROM billing_lines WHERE charged_at >= :start AND charged_at < :end
+                  ORDER BY charged_at, message_uuid""",
+    "dispatch": """SELECT * FROM billing_by_workflow
+                   WHERE first_charged_at >= :start AND first_charged_at < :end
+                   ORDER BY first_charged_at, api, workflow_id, message_uuid, currency""",
+    "day": """SELECT * FROM billing_by_day WHERE day >= :first_day AND day <= :last_day
+              ORDER BY day, api, channel, currency""",
+    # every month the period touches, whole
+    "month": """SELECT * FROM billing_by_month
+                WHERE month >= substr(:first_day, 1, 7) AND month <= substr(:last_day, 1, 7)
+                ORDER BY month, api, channel, currency""",
+    "channel": f"SELECT * FROM ({views.PERIOD_TOTALS}) ORDER BY channel, currency",
+}
 
 
 def period(start, end):
-    """Inclusive dates -> the [start, end) range of ISO timestamps they cover."""
-    return {"start": start.isoformat(), "end": (end + timedelta(days=1)).isoformat()}
+    """Inclusive dates -> the parameters of a period: [start, end) of ISO timestamps, and the
+    first and last day."""
+    return {"start": start.isoformat(), "end": (end + timedelta(days=1)).isoformat(),
+            "first_day": start.isoformat(), "last_day": end.isoformat()}
 
 
 def count_billing_rows(conn, by, start, end):
     """How many rows a billing export will write (for the progress bar)."""
-    _, select = BILLING[by]
-    return conn.execute(f"SELECT count(*) FROM ({select})", period(start, end)).fetchone()[0]
+    return conn.execute(f"SELECT count(*) FROM ({BILLING[by]})", period(start, end)).fetchone()[0]
 
 
-def billing_rows(conn, by, start, end):
-    """Yield (row values, currency, amount in nano-units) for each row of a billing export."""
-    columns, select = BILLING[by]
-    currency = columns.index("currency")
-    for row in conn.execute(select, period(start, end)):
-        *values, nano = row
-        yield values, values[currency], nano
+@dataclass
+class BillingSummary:
+    """What a billing export added up: exact totals per currency (never across currencies)
+    and, per channel, the charged messages that carry no price (in no total)."""
+
+    totals_nano: dict = field(default_factory=dict)
+    unpriced: dict = field(default_factory=dict)
+
+    def add(self, row):
+        nano = row.get("total_nano", row.get("price_nano"))
+        if nano is not None:
+            self.totals_nano[row["currency"]] = self.totals_nano.get(row["currency"], 0) + nano
+        unpriced = row["unpriced_messages"] if "unpriced_messages" in row else int(nano is None)
+        if unpriced:
+            channel = row.get("channel", row.get("channels")) or "unknown channel"
+            self.unpriced[channel] = self.unpriced.get(channel, 0) + unpriced
+
+    @property
+    def totals(self):
+        return {currency: money.from_nano(nano) for currency, nano in self.totals_nano.items()}
+
+    def line(self, rows):
+        """The summary line: '12 rows; total 0.5 EUR, 0.25 USD; 3 charged messages without a
+        price (rcs 3)'."""
+        totals = ", ".join(f"{amount} {currency}" for currency, amount in sorted(self.totals.items()))
+        text = f"{rows} rows; total {totals or '0'}"
+        if self.unpriced:
+            by_channel = ", ".join(f"{c} {n}" for c, n in sorted(self.unpriced.items()))
+            text += (f"; {sum(self.unpriced.values())} charged messages without a price"
+                     f" ({by_channel})")
+        return text
 
 
 def write_billing_csv(conn, by, start, end, out, progress=None):
-    """Write a billing export as RFC 4180 CSV (CRLF).
-
-    Returns {currency: exact total text}, summed per currency from integer nano-amounts,
-    never across currencies.
-    """
+    """Write a billing export as RFC 4180 CSV (CRLF), every column of its view; return its
+    BillingSummary."""
+    cursor = conn.execute(BILLING[by], period(start, end))
+    columns = [d[0] for d in cursor.description]
     writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(BILLING[by][0])
-    totals = {}
-    for values, currency, nano in billing_rows(conn, by, start, end):
-        writer.writerow(values)
-        if nano is not None:
-            totals[currency] = totals.get(currency, 0) + nano
+    writer.writerow(columns)
+    summary = BillingSummary()
+    for values in cursor:
+        writer.writerow(neutralise_row(values))
+        summary.add(dict(zip(columns, values)))
         if progress is not None:
             progress.update(1)
-    return {currency: money.from_nano(nano) for currency, nano in totals.items()}
+    return summary
 
 
 EVENT_COLUMNS = ["id", "kind", "received_at", "last_received_at", "delivery_count", "endpoint",
@@ -102,7 +119,7 @@ def write_events(rows, out, fmt, progress=None):
         writer.writerow(EVENT_COLUMNS)
     for row in rows:
         if fmt == "csv":
-            writer.writerow([row[c] for c in EVENT_COLUMNS])
+            writer.writerow(neutralise_row(row[c] for c in EVENT_COLUMNS))
         else:
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
         if progress is not None:

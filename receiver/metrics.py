@@ -22,6 +22,7 @@ from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, 
 from prometheus_client.core import GaugeMetricFamily
 
 from . import db, store
+from .schemas import channel_name
 
 MULTIPROC_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -171,7 +172,7 @@ def channel_of(data):
             if isinstance(endpoint, dict) and endpoint.get("type"):
                 channel = endpoint["type"]
                 break
-    return channel if isinstance(channel, str) and channel else "none"
+    return channel_name(channel) if isinstance(channel, str) and channel else "none"
 
 
 # --- the scrape ------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ states its counterpart as ``openapi_extra``.
 from marshmallow import EXCLUDE, INCLUDE, fields, validate
 
 from . import __version__, money
-from .schemas import CHANNEL_ALIASES, KINDS, SCHEMAS, Channel, Price, Timestamp
+from .schemas import CHANNEL_NAMES, KINDS, SCHEMAS, Channel, Price, Timestamp
 
 TIMESTAMP = {"type": "string", "format": "date-time", "maxLength": 64,
              "example": "2020-01-01T14:00:00.000Z"}
@@ -40,8 +40,8 @@ def _apply_validator(schema, validator, field):
             schema["maxItems" if array else "maxLength"] = validator.max
     elif isinstance(validator, validate.OneOf):
         choices = list(validator.choices)
-        if isinstance(field, Channel):  # the spec's misspellings are accepted, then normalised
-            choices += [alias for alias in CHANNEL_ALIASES if alias not in choices]
+        if isinstance(field, Channel):  # other spellings are accepted, then normalised
+            choices += [alias for alias in CHANNEL_NAMES if alias not in choices]
         schema["enum"] = choices
     elif isinstance(validator, validate.Range):
         if validator.min is not None:

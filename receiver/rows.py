@@ -8,7 +8,7 @@ row, its event rows and its observations of ``messages`` rows, as plain data. Th
 import re
 
 from . import money
-from .schemas import MESSAGE_STATUS, STATUS_RANK, V1, V1_CHANNEL_NAMES
+from .schemas import MESSAGE_STATUS, STATUS_RANK, V1, channel_name
 from .signatures import UNSIGNED
 
 # The columns of a ``callbacks`` row as a plan carries them, in order.
@@ -88,13 +88,14 @@ def _v01_status(data):
     sender = data.get("from") or {}
     error = data.get("error") or {}
     parent = (data.get("_links") or {}).get("dispatch") or (data.get("_links") or {}).get("workflow") or {}
+    to_type, from_type = channel_name(to.get("type")), channel_name(sender.get("type"))
     return {
         "dispatch_uuid": parent.get("dispatch_uuid"),
-        "channel": to.get("type") or sender.get("type"),
-        "to_type": to.get("type"),
+        "channel": to_type or from_type,
+        "to_type": to_type,
         "to_id": to.get("id"),
         "to_number": to.get("number"),
-        "from_type": sender.get("type"),
+        "from_type": from_type,
         "from_id": sender.get("id"),
         "from_number": sender.get("number"),
         "error_code": error.get("code"),
@@ -104,7 +105,7 @@ def _v01_status(data):
 
 def _v1_status(data):
     """The columns of the Messages API v1 shape: string addresses, top-level channel."""
-    channel = V1_CHANNEL_NAMES.get(data["channel"], data["channel"])
+    channel = channel_name(data["channel"])
     error = data.get("error") or {}
     title = error.get("title") or None
     if title is None and error.get("type"):
@@ -117,7 +118,8 @@ def _v1_status(data):
         "from_type": channel,
         # The error code both APIs share (an integer); the v1 code as sent is error_title.
         "error_code": int(title) if title and title.isascii() and title.isdigit() and len(title) <= 9 else None,
-        "error_reason": None,
+        # The reason both APIs share: Dispatch's error.reason, Messages v1's error.detail.
+        "error_reason": error.get("detail"),
         "error_type": error.get("type"),
         "error_title": title,
         "error_detail": error.get("detail"),

@@ -14,13 +14,20 @@ from marshmallow import (INCLUDE, Schema, ValidationError, fields, post_load, va
 from . import money
 
 CHANNELS = ("sms", "mms", "viber_service_msg", "messenger", "whatsapp")
-# The Final Report's channel enum is misspelt in every published spec version.
-CHANNEL_ALIASES = {"viber_sevice_msg": "viber_service_msg"}
 STATUSES = ("submitted", "delivered", "read", "rejected", "undeliverable")
-# Messages API v1 names Viber `viber_service`; it is stored under Dispatch's name so that one
-# channel has one name in every table.
-V1_CHANNEL_NAMES = {"viber_service": "viber_service_msg"}
 V1_CHANNELS = ("sms", "mms", "rcs", "whatsapp", "messenger", "viber_service", "email")
+# One name per channel in every table, view and metric label: Messages API v1 names Viber
+# `viber_service`, Dispatch `viber_service_msg`, and the Final Report's channel enum misspells
+# it in every published spec version. Each other name -> the one stored (channel_name).
+CHANNEL_NAMES = {"viber_service": "viber_service_msg", "viber_sevice_msg": "viber_service_msg"}
+# Every channel as stored: Dispatch's and the Messages API's (whose statuses may come in the
+# v0.1 shape too: any message can ask for v0.1 webhooks).
+STORED_CHANNELS = tuple(dict.fromkeys(CHANNEL_NAMES.get(c, c) for c in (*CHANNELS, *V1_CHANNELS)))
+
+
+def channel_name(name):
+    """The one name a channel is stored and labelled under, whichever API or spec spelt it."""
+    return CHANNEL_NAMES.get(name, name)
 # Channels without `read` receipts (Messages spec 1.20.0: `read` only on the OTT channels).
 NO_READ_CHANNELS = ("sms", "mms")
 FINAL_STATUSES = ("completed", "error")
@@ -29,8 +36,9 @@ TEMPLATES = ("failover",)
 # The current status of a message is the highest-ranked one seen, whatever the arrival order:
 # submitted < delivered < read, and the terminal failures above any success.
 STATUS_RANK = {"submitted": 1, "delivered": 2, "read": 3, "undeliverable": 4, "rejected": 5}
-# The ranks that mean the message reached the person: delivered or read.
-REACHED_RANKS = (STATUS_RANK["delivered"], STATUS_RANK["read"])
+# The statuses that mean the message reached the person, and their ranks (views.reached()).
+REACHED_STATUSES = ("delivered", "read")
+REACHED_RANKS = tuple(STATUS_RANK[status] for status in REACHED_STATUSES)
 # The ranks of a failed message: undeliverable or rejected.
 FAILED_RANKS = (STATUS_RANK["undeliverable"], STATUS_RANK["rejected"])
 
@@ -110,11 +118,11 @@ class Price(fields.String):
 
 
 class Channel(fields.String):
-    """A channel name; the spec's misspelling is accepted and stored normalised."""
+    """A channel name; another spelling of it (CHANNEL_NAMES) is accepted and loaded as the
+    one name."""
 
     def _deserialize(self, value, attr, data, **kwargs):
-        text = super()._deserialize(value, attr, data, **kwargs)
-        return CHANNEL_ALIASES.get(text, text)
+        return channel_name(super()._deserialize(value, attr, data, **kwargs))
 
 
 class Base(Schema):
@@ -125,9 +133,12 @@ class Base(Schema):
 
 
 class Endpoint(Base):
-    """The ``to`` / ``from`` object of a message status."""
+    """The ``to`` / ``from`` object of a message status in the v0.1 shape: Dispatch's, or a
+    Messages API message's that asked for v0.1 webhooks (any Messages channel)."""
 
-    type = fields.String(required=True, validate=validate.OneOf(CHANNELS))
+    # stored under channel_name (rows.py); the Final Report's misspelling is no status's
+    type = fields.String(required=True,
+                         validate=validate.OneOf((*STORED_CHANNELS, "viber_service")))
     id = fields.String(validate=validate.Length(min=1, max=50))
     number = fields.String(validate=validate.Length(min=1, max=50))
 

@@ -14,8 +14,9 @@ from datetime import datetime, timezone
 from functools import lru_cache
 
 from . import money, rows
-from .schemas import FAILED_RANKS, REACHED_RANKS, format_timestamp
+from .schemas import FAILED_RANKS, format_timestamp
 from .signatures import UNSIGNED
+from .views import reached, reached_at
 
 
 def utcnow():
@@ -291,8 +292,8 @@ INSERT OR REPLACE INTO dispatches (
     final_price_nano, final_currency, final_report_count, message_count, channels,
     delivered_channel, messages_price, messages_price_nano, messages_currency)
 WITH m AS MATERIALIZED (
-    SELECT channel, status_rank, first_seen_at, last_seen_at, price_nano, currency,
-           coalesce(delivered_at, read_at) AS reached_at, workflow_position
+    SELECT channel, first_seen_at, last_seen_at, price_nano, currency,
+           {reached()} AS reached, {reached_at()} AS reached_at, workflow_position
     FROM messages WHERE dispatch_uuid = :d
     ORDER BY workflow_position IS NULL, workflow_position, first_seen_at, message_uuid),
 latest AS (
@@ -311,20 +312,25 @@ SELECT :d,
     coalesce(max(totals.last, latest.timestamp), totals.last, latest.timestamp),
     latest.status, latest.timestamp, latest.price, latest.price_nano, latest.currency,
     coalesce(latest.reports, 0), totals.n, totals.channels,
-    (SELECT channel FROM m WHERE status_rank IN {REACHED_RANKS}
+    (SELECT channel FROM m WHERE reached
      ORDER BY reached_at IS NULL, reached_at, workflow_position LIMIT 1),
     {money.sql_format('totals.price_nano')}, totals.price_nano, totals.currencies
 FROM totals LEFT JOIN latest
 """
 
 
-# A Dispatch workflow's ``workflows`` row, from its ``dispatches`` row: delivered once a leg
-# reached the person or the final report says completed (the condition was met), failed when
-# the report says error or the last leg failed, else pending.
+# Both APIs' workflows follow one rule: delivered once a leg reached the person
+# (views.reached()), failed when the last leg failed, else pending; incomplete when a leg below
+# the highest leg seen was never heard of (SQL over the workflow's messages rows ``m``).
+INCOMPLETE = "coalesce(max(m.workflow_position) > count(DISTINCT m.workflow_position), 0)"
+
+# A Dispatch workflow's ``workflows`` row, from its ``dispatches`` row: delivered also when the
+# final report says completed (the condition was met), failed also when it says error; the
+# last leg is the final report's last.
 REFRESH_DISPATCH_WORKFLOW = f"""
 INSERT OR REPLACE INTO workflows (
     workflow_id, api, legs, legs_seen, channels, delivered_channel, outcome, price, price_nano,
-    currency, first_seen_at, last_seen_at)
+    currency, first_seen_at, last_seen_at, incomplete)
 SELECT d.dispatch_uuid, 'dispatch', max(d.message_count, coalesce(r.message_count, 0)),
     d.message_count, d.channels, d.delivered_channel,
     CASE
@@ -336,7 +342,8 @@ SELECT d.dispatch_uuid, 'dispatch', max(d.message_count, coalesce(r.message_coun
         ELSE 'pending'
     END,
     d.messages_price, d.messages_price_nano, d.messages_currency, d.first_seen_at,
-    d.last_seen_at
+    d.last_seen_at,
+    (SELECT {INCOMPLETE} FROM messages m WHERE m.dispatch_uuid = d.dispatch_uuid)
 FROM dispatches d
 LEFT JOIN (SELECT message_count FROM final_reports WHERE dispatch_uuid = :d
            ORDER BY timestamp DESC, id DESC LIMIT 1) r
@@ -344,24 +351,21 @@ WHERE d.dispatch_uuid = :d
 """
 
 # A Messages failover workflow's row, from its legs (there is no final report): legs in leg
-# order; delivered once a leg reached the person, failed when the last leg (items_total) was
-# rejected or undeliverable, else pending. Amounts in different currencies are not added up.
+# order; the last leg is items_total. Amounts in different currencies are not added up.
 REFRESH_MESSAGES_WORKFLOW = f"""
 INSERT OR REPLACE INTO workflows (
     workflow_id, api, legs, legs_seen, channels, delivered_channel, outcome, price, price_nano,
-    currency, first_seen_at, last_seen_at)
+    currency, first_seen_at, last_seen_at, incomplete)
 WITH m AS MATERIALIZED (
     SELECT channel, status_rank, workflow_position, workflow_legs, first_seen_at, last_seen_at,
-           price_nano, currency, coalesce(delivered_at, read_at) AS reached_at,
-           status_rank IN {REACHED_RANKS} OR delivered_at IS NOT NULL OR read_at IS NOT NULL
-               AS reached
+           price_nano, currency, {reached_at()} AS reached_at, {reached()} AS reached
     FROM messages WHERE workflow_id = :w
     ORDER BY workflow_position IS NULL, workflow_position, first_seen_at, message_uuid),
 totals AS (
     SELECT count(*) AS n, max(workflow_legs) AS total, group_concat(channel, ',') AS channels,
            min(first_seen_at) AS first, max(last_seen_at) AS last,
            CASE WHEN count(DISTINCT currency) <= 1 THEN sum(price_nano) END AS price_nano,
-           group_concat(DISTINCT currency) AS currencies
+           group_concat(DISTINCT currency) AS currencies, {INCOMPLETE} AS incomplete
     FROM m)
 SELECT :w, 'messages', max(n, coalesce(total, 0)), n, channels,
     (SELECT channel FROM m WHERE reached
@@ -372,7 +376,7 @@ SELECT :w, 'messages', max(n, coalesce(total, 0)), n, channels,
                      AND status_rank IN {FAILED_RANKS}) THEN 'failed'
         ELSE 'pending'
     END,
-    {money.sql_format('price_nano')}, price_nano, currencies, first, last
+    {money.sql_format('price_nano')}, price_nano, currencies, first, last, incomplete
 FROM totals
 """
 
@@ -481,6 +485,14 @@ def rebuild_derived(conn):
         conn.execute(REFRESH_DISPATCH, {"d": dispatch_uuid})
     refresh_all_workflows(conn)
     _mark_all_projected(conn)
+
+
+def migrate_to_3(conn):
+    """Schema 3 (db.init_db): a Messages v1 error's text is error_reason too (rows.py puts it
+    there now), then every derived row is recomputed under the rules of this version."""
+    conn.execute("UPDATE status_events SET error_reason = error_detail "
+                 "WHERE error_reason IS NULL AND error_detail IS NOT NULL")
+    rebuild_derived(conn)
 
 
 def derived_differences(conn):

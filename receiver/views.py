@@ -8,12 +8,24 @@ Views (unlike canned queries) stream every row from Datasette with ``.csv?_strea
 """
 
 from . import money
-from .schemas import REACHED_RANKS
+from .schemas import REACHED_RANKS, REACHED_STATUSES
 
 
-def reached(column="status_rank"):
-    """SQL: true when ``column`` holds the rank of delivered or read."""
-    return f"{column} IN ({', '.join(str(rank) for rank in REACHED_RANKS)})"
+def reached(prefix=""):
+    """SQL over a ``messages`` row (columns prefixed ``prefix``, e.g. "m."): true when the
+    message reached the person, i.e. a delivered or read status was seen for it, by a status
+    callback or a final report's entry, whatever came after it (a later undeliverable or
+    rejected does not undo a delivery). The one definition used by the ``dispatches`` and
+    ``workflows`` refreshes of both APIs (store.py) and by the views."""
+    ranks = ", ".join(str(rank) for rank in REACHED_RANKS)
+    quoted = ", ".join(f"'{status}'" for status in REACHED_STATUSES)
+    return (f"({prefix}status_rank IN ({ranks}) OR {prefix}delivered_at IS NOT NULL"
+            f" OR {prefix}read_at IS NOT NULL OR {prefix}final_report_status IN ({quoted}))")
+
+
+def reached_at(prefix=""):
+    """SQL: when a message reached the person (NULL when only a final report says so)."""
+    return f"coalesce({prefix}delivered_at, {prefix}read_at)"
 
 
 def signed_format(expression):
@@ -62,7 +74,8 @@ SELECT
 FROM messages
 WHERE {CHARGED_AT} IS NOT NULL
 """,
-    # Per charge day (UTC), API, channel and currency.
+    # Per charge day (UTC), API, channel and currency. Charged messages without a price have
+    # no currency: their row (currency empty) counts them in unpriced_messages.
     "billing_by_day": f"""
 SELECT
     date(charged_at) AS day,
@@ -71,10 +84,26 @@ SELECT
     currency,
     count(*) AS messages,
     count(price_nano) AS priced_messages,
+    count(*) - count(price_nano) AS unpriced_messages,
     {money.sql_format('sum(price_nano)')} AS total,
     sum(price_nano) AS total_nano
 FROM billing_lines
 GROUP BY day, api, channel, currency
+""",
+    # Per charge month (UTC, YYYY-MM), API, channel and currency: a month's totals.
+    "billing_by_month": f"""
+SELECT
+    strftime('%Y-%m', charged_at) AS month,
+    api,
+    channel,
+    currency,
+    count(*) AS messages,
+    count(price_nano) AS priced_messages,
+    count(*) - count(price_nano) AS unpriced_messages,
+    {money.sql_format('sum(price_nano)')} AS total,
+    sum(price_nano) AS total_nano
+FROM billing_lines
+GROUP BY month, api, channel, currency
 """,
     # Per workflow of either API (a Dispatch dispatch, a Messages failover request; a message
     # outside any workflow on its own line) and currency, compared with the final report's
@@ -94,6 +123,7 @@ totals AS (
         min(min(charged_at)) OVER workflow AS first_charged_at,
         count(*) AS messages,
         count(price_nano) AS priced_messages,
+        count(*) - count(price_nano) AS unpriced_messages,
         group_concat(DISTINCT channel) AS channels,
         sum(price_nano) AS total_nano,
         count(currency) OVER workflow AS currencies
@@ -108,6 +138,7 @@ SELECT
     b.first_charged_at,
     b.messages,
     b.priced_messages,
+    b.unpriced_messages,
     b.channels,
     b.currency,
     {money.sql_format('b.total_nano')} AS total,
@@ -188,14 +219,16 @@ SELECT
     dispatch_uuid,
     api,
     coalesce(dispatch_uuid, workflow_id) AS workflow_id,
-    row_number() OVER (PARTITION BY coalesce(dispatch_uuid, workflow_id)
-                       ORDER BY workflow_position IS NULL, workflow_position, first_seen_at,
-                       message_uuid) AS step,
+    -- its leg number when known (a leg never heard of leaves a gap), else its arrival order
+    coalesce(workflow_position,
+             row_number() OVER (PARTITION BY coalesce(dispatch_uuid, workflow_id)
+                                ORDER BY workflow_position IS NULL, workflow_position,
+                                first_seen_at, message_uuid)) AS step,
     message_uuid,
     channel,
     status,
     CASE WHEN {reached()} THEN 1 ELSE 0 END AS delivered,
-    CASE WHEN {reached()} THEN coalesce(delivered_at, read_at) END AS delivered_at
+    CASE WHEN {reached()} THEN {reached_at()} END AS delivered_at
 FROM messages
 WHERE coalesce(dispatch_uuid, workflow_id) IS NOT NULL
 """,
@@ -215,6 +248,50 @@ SELECT
 FROM messages m LEFT JOIN dispatches d ON d.dispatch_uuid = m.dispatch_uuid
 WHERE m.status = 'submitted'
 """,
+    # Failed workflows of either API with why: the code and reason of the last leg (the one
+    # whose failure ended the workflow; error_reason is both APIs' error text).
+    "failed_workflows": """
+SELECT
+    w.workflow_id,
+    w.api,
+    w.legs,
+    w.legs_seen,
+    w.channels,
+    l.channel AS last_leg_channel,
+    l.status AS last_leg_status,
+    l.error_code,
+    l.error_reason,
+    w.first_seen_at,
+    w.last_seen_at
+FROM workflows w
+LEFT JOIN messages l ON l.message_uuid = (
+    SELECT m.message_uuid FROM messages m
+    WHERE m.dispatch_uuid = w.workflow_id OR (m.dispatch_uuid IS NULL AND m.workflow_id = w.workflow_id)
+    ORDER BY m.workflow_position IS NULL, m.workflow_position DESC, m.last_seen_at DESC
+    LIMIT 1)
+WHERE w.outcome = 'failed'
+""",
+    # Workflows of either API missing a leg below the highest leg seen (workflows.incomplete):
+    # which legs were heard of, and how long ago the last one was.
+    "incomplete_workflows": f"""
+SELECT
+    w.workflow_id,
+    w.api,
+    w.legs,
+    (SELECT group_concat(workflow_position, ',') FROM (
+        SELECT DISTINCT m.workflow_position FROM messages m
+        WHERE (m.dispatch_uuid = w.workflow_id OR (m.dispatch_uuid IS NULL AND m.workflow_id = w.workflow_id))
+          AND m.workflow_position IS NOT NULL
+        ORDER BY m.workflow_position)) AS legs_heard_of,
+    w.channels,
+    w.outcome,
+    w.delivered_channel,
+    w.first_seen_at,
+    w.last_seen_at,
+    {hours_since('w.last_seen_at')} AS hours_since_last_event
+FROM workflows w
+WHERE w.incomplete
+""",
     "dispatches_without_final_report": f"""
 SELECT
     dispatch_uuid,
@@ -230,6 +307,25 @@ FROM dispatches
 WHERE final_status IS NULL
 """,
 }
+
+
+# Totals per channel and currency over any period of charge days (:first_day to :last_day,
+# inclusive YYYY-MM-DD), added up from billing_by_day: `receiver export billing --by channel`.
+PERIOD_TOTALS = f"""
+SELECT
+    :first_day AS first_day,
+    :last_day AS last_day,
+    channel,
+    currency,
+    sum(messages) AS messages,
+    sum(priced_messages) AS priced_messages,
+    sum(unpriced_messages) AS unpriced_messages,
+    {money.sql_format('sum(total_nano)')} AS total,
+    sum(total_nano) AS total_nano
+FROM billing_by_day
+WHERE day >= :first_day AND day <= :last_day
+GROUP BY channel, currency
+"""
 
 
 def create_views(conn):

@@ -345,3 +345,24 @@ def test_every_chart_stays_bounded_and_complete_over_any_period(many, browser):
             assert {row["unit"] for row in rows} == {unit} and len(rows) <= most, (query, len(rows))
         finally:
             page.close()
+
+
+@needs_chromium
+def test_the_month_totals_card_and_its_links(server, browser):
+    """The card of charges per month, channel and currency shows its table with the unpriced
+    count, and the dashboard's links lead to the views in the served database."""
+    page, _, problems = open_dashboard(browser, f"{server.url}/-/dashboards/dispatch")
+    try:
+        card = page.locator("#chart-billing-by-month table")
+        card.wait_for()
+        headers = card.locator("th").all_inner_texts()
+        assert headers == ["month", "api", "channel", "currency", "messages", "unpriced_messages", "total"]
+        assert card.locator("tbody tr").count() > 0
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.locator("#card-billing-by-month").screenshot(path=str(ARTIFACTS / "dashboard-month-totals.png"))
+        page.locator("#card-where-to-look a", has_text="billing_by_month").click()
+        page.wait_for_url(re.compile(r"/dispatch/billing_by_month$"))
+        assert page.locator("h1").inner_text().startswith("billing_by_month")
+        assert problems == []
+    finally:
+        page.close()

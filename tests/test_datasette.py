@@ -38,7 +38,7 @@ PASSWORD = "correct horse battery staple"
 READ_ONLY_PLUGINS = {
     "datasette-auth-passwords", "datasette-block-robots", "datasette-dashboards",
     "datasette-leaflet", "datasette-render-markdown", "receiver_guard.py", "receiver_links.py",
-    "receiver_metadata.py", "receiver_pages.py",
+    "receiver_metadata.py", "receiver_pages.py", "receiver_csv.py",
 }
 
 

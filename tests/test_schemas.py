@@ -90,14 +90,16 @@ def test_seed_final_report_example_loads_with_its_values():
 
 
 @pytest.mark.parametrize("side", ["to", "from"])
-@pytest.mark.parametrize("channel", ["sms", "mms", "viber_service_msg", "messenger", "whatsapp"])
+@pytest.mark.parametrize("channel", ["sms", "mms", "viber_service_msg", "messenger", "whatsapp",
+                                     # Messages API channels of a v0.1-shaped status
+                                     "rcs", "email", "viber_service"])
 def test_endpoint_types_of_the_spec_are_accepted(side, channel):
     data = load_status(with_field(status(), f"{side}.type", channel))
     assert data[side]["type"] == channel
 
 
 @pytest.mark.parametrize("side", ["to", "from"])
-@pytest.mark.parametrize("channel", ["SMS", "email", "viber", "rcs", "", " sms", 1, None])
+@pytest.mark.parametrize("channel", ["SMS", "viber", "viber_sevice_msg", "", " sms", 1, None])
 def test_other_endpoint_types_are_rejected(side, channel):
     errors = errors_of(load_status, with_field(status(), f"{side}.type", channel))
     assert error_paths(errors) == {f"{side}.type"}

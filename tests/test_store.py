@@ -142,6 +142,7 @@ EXPECTED_WORKFLOW = [
         "channels": "whatsapp,sms", "delivered_channel": "sms", "outcome": "delivered",
         "price": "0.0353", "price_nano": 35_300_000, "currency": "EUR",
         "first_seen_at": "2026-11-01T10:00:00.000000Z", "last_seen_at": "2026-11-01T10:13:00.000000Z",
+        "incomplete": 0,
     }
 ]
 EXPECTED = (EXPECTED_MESSAGES, EXPECTED_DISPATCH, EXPECTED_WORKFLOW)

@@ -304,7 +304,7 @@ def test_422_error_messages_say_what_is_wrong(post):
     assert answer["errors"]["json"] == {
         "status": ["Must be one of: submitted, delivered, read, rejected, undeliverable."],
         "timestamp": ["Not a valid ISO 8601 date-time."],
-        "to": {"type": ["Must be one of: sms, mms, viber_service_msg, messenger, whatsapp."]},
+        "to": {"type": ["Must be one of: sms, mms, viber_service_msg, messenger, whatsapp, rcs, email, viber_service."]},
     }
     assert answer["message"] == "The message status callback is invalid."
 

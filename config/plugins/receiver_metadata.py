@@ -9,7 +9,9 @@ file, so this maps the one section onto every database Datasette serves. It also
   block that only the actor datasette-auth-passwords logs in (`root`) matches. /-/login,
   /robots.txt and static files are not covered by `allow`, so the login page stays reachable.
   Without the variable Datasette is open, and `receiver datasette` keeps it on 127.0.0.1.
-  An anonymous visitor of an HTML page is sent to the login page; JSON and CSV get the 403.
+  An anonymous visitor of an HTML page is sent to the login page; JSON and CSV get the 403;
+- answers /-/receiver/<table or view> with a redirect to it in the served database, so that
+  the dashboard (whose text cannot know the database's name) links to the views.
 """
 
 from functools import lru_cache
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import yaml
 from datasette import hookimpl
-from datasette.utils.asgi import Response
+from datasette.utils.asgi import NotFound, Response
 
 from receiver.config import load_settings
 
@@ -82,3 +84,17 @@ def forbidden(datasette, request, message):
     if (request.url_vars or {}).get("format"):
         return None  # .json, .csv, ...: API clients get the plain 403
     return Response.redirect(datasette.urls.path("/-/login"))
+
+
+async def _to_served(datasette, request):
+    """/-/receiver/<name> -> the table or view <name> of the served database."""
+    name = request.url_vars["name"]
+    served = [db for db in datasette.databases.values() if db.name != "_internal"]
+    if not served or not (await served[0].table_exists(name) or name in await served[0].view_names()):
+        raise NotFound(f"No table or view named {name!r}")
+    return Response.redirect(datasette.urls.table(served[0].name, name))
+
+
+@hookimpl
+def register_routes():
+    return [(r"^/-/receiver/(?P<name>[A-Za-z0-9_]+)$", _to_served)]
