@@ -7,6 +7,8 @@ never across currencies: every total is per currency (a message without a price 
 Views (unlike canned queries) stream every row from Datasette with ``.csv?_stream=on``.
 """
 
+import re
+
 from . import money
 from .schemas import REACHED_RANKS
 
@@ -230,6 +232,173 @@ FROM dispatches
 WHERE final_status IS NULL
 """,
 }
+
+
+# --- Reconciliation against Vonage's own records (vonage_records, `receiver vonage-records`) ---
+#
+# Which of our messages an import covers: an import of product MESSAGES covers every message
+# of ours (Dispatch legs are sent by the Messages API and Vonage reports them under MESSAGES);
+# an import of product SMS covers our sms-channel messages. A message of ours is covered when
+# its time (its earliest status, else its final report's) falls in [date_start, date_end) of
+# such an import. A record joins our message on message_id = message_uuid, whatever its range.
+COVERING_IMPORT = """EXISTS (
+    SELECT 1 FROM vonage_record_imports i
+    WHERE coalesce(m.first_seen_at, m.final_report_at) >= i.date_start
+      AND coalesce(m.first_seen_at, m.final_report_at) < i.date_end
+      AND (i.product = 'MESSAGES' OR (i.product = 'SMS' AND m.channel = 'sms'))
+)"""
+
+# Vonage's record statuses (MESSAGES: free text such as submitted, delivered, read, rejected,
+# undeliverable; SMS: accepted, buffered, delivered, expired, failed, rejected, unknown) as
+# ours. Compared by outcome: reached (delivered, read), failed (rejected, undeliverable) or
+# pending (submitted). A status not listed (e.g. unknown) gives no verdict: never status_differs.
+VONAGE_STATUS_AS_OURS = {
+    "submitted": "submitted", "accepted": "submitted", "buffered": "submitted",
+    "delivered": "delivered", "read": "read",
+    "rejected": "rejected", "undeliverable": "undeliverable", "failed": "undeliverable",
+    "expired": "undeliverable",
+}
+OUTCOME = {"submitted": "pending", "delivered": "reached", "read": "reached",
+           "rejected": "failed", "undeliverable": "failed"}
+
+
+def _case(expression, mapping):
+    whens = " ".join(f"WHEN '{key}' THEN '{value}'" for key, value in mapping.items())
+    return f"CASE {expression} {whens} END"
+
+
+VONAGE_AS_OURS = _case("lower(r.status)", VONAGE_STATUS_AS_OURS)
+VONAGE_OUTCOME = _case("lower(r.status)", {k: OUTCOME[v] for k, v in VONAGE_STATUS_AS_OURS.items()})
+OUR_OUTCOME = _case("m.status", OUTCOME)
+
+# One class per message, the first that applies: no_callbacks (Vonage has it, no status
+# callback of ours: no messages row, or one made from a Dispatch final report alone),
+# currency_differs (both priced, in two currencies), price_differs (a missing price counts as
+# zero), status_differs (outcomes differ), else match. not_in_vonage_records is the other half.
+RECONCILIATION_CLASS = f"""CASE
+    WHEN m.message_uuid IS NULL OR m.event_count = 0 THEN 'no_callbacks'
+    WHEN r.price_nano IS NOT NULL AND b.price_nano IS NOT NULL AND r.currency <> b.currency
+        THEN 'currency_differs'
+    WHEN coalesce(r.price_nano, 0) <> coalesce(b.price_nano, 0) THEN 'price_differs'
+    WHEN ({VONAGE_OUTCOME}) <> ({OUR_OUTCOME}) THEN 'status_differs'
+    ELSE 'match'
+END"""
+CLASSES = ("match", "price_differs", "currency_differs", "status_differs", "no_callbacks",
+           "not_in_vonage_records")
+
+
+def _reconciliation(record_side):
+    """The SELECT list of vonage_reconciliation over a record ``r``, our message ``m`` and its
+    billing line ``b``; without ``record_side`` every column of ``r`` reads NULL."""
+    difference = ("CASE WHEN r.currency IS NULL OR b.currency IS NULL OR r.currency = b.currency "
+                  "THEN coalesce(r.price_nano, 0) - coalesce(b.price_nano, 0) END")
+    select = f"""
+    coalesce(r.message_id, m.message_uuid) AS message_uuid,
+    {RECONCILIATION_CLASS if record_side else "'not_in_vonage_records'"} AS class,
+    date(coalesce(r.date_received, m.first_seen_at, m.final_report_at)) AS day,
+    coalesce(r.date_received, m.first_seen_at, m.final_report_at) AS sent_at,
+    m.api,
+    coalesce(m.dispatch_uuid, m.workflow_id) AS workflow_id,
+    coalesce(m.channel, r.channel) AS channel,
+    r.status AS vonage_status,
+    {VONAGE_AS_OURS if record_side else 'NULL'} AS vonage_status_as_ours,
+    m.status AS our_status,
+    r.price AS vonage_price,
+    r.price_nano AS vonage_price_nano,
+    r.currency AS vonage_currency,
+    b.price AS billed_price,
+    b.price_nano AS billed_price_nano,
+    b.currency AS billed_currency,
+    {signed_format(difference)} AS difference,
+    {difference} AS difference_nano,
+    m.event_count AS status_callbacks,
+    r.import_id,
+    r.product AS vonage_product,
+    r.error_code AS vonage_error_code,
+    coalesce(r.client_ref, m.client_ref) AS client_ref"""
+    return select if record_side else re.sub(r"\br\.\w+", "NULL", select)
+
+
+def _money_lines(where=""):
+    """SQL: each vonage_reconciliation row as lines of one currency each: its own (Vonage's
+    currency, else ours) with both amounts when they share it, and a second line holding our
+    amount alone when the currencies differ (counted = 0, so it adds no message)."""
+    return f"""
+lines AS (
+    SELECT *, 1 AS counted, coalesce(vonage_currency, billed_currency) AS currency,
+        vonage_price_nano AS vonage_nano,
+        CASE WHEN vonage_currency IS NULL OR billed_currency IS NULL
+                  OR vonage_currency = billed_currency THEN billed_price_nano END AS billed_nano,
+        vonage_price_nano IS NOT NULL AS vonage_priced,
+        billed_price_nano IS NOT NULL AS billed
+    FROM vonage_reconciliation {where}
+    UNION ALL
+    SELECT *, 0, billed_currency, NULL, billed_price_nano, 0, 1
+    FROM vonage_reconciliation
+    WHERE class = 'currency_differs' {where.replace('WHERE', 'AND')}
+)"""
+
+
+def _totals():
+    counts = ",\n    ".join(f"sum(counted AND class = '{c}') AS {c}" for c in CLASSES)
+    difference = "coalesce(sum(vonage_nano), 0) - coalesce(sum(billed_nano), 0)"
+    return f"""
+    sum(counted) AS messages,
+    sum(counted AND vonage_status IS NOT NULL) AS vonage_records,
+    sum(counted AND vonage_status IS NOT NULL AND NOT vonage_priced) AS vonage_unpriced,
+    {money.sql_format('sum(vonage_nano)')} AS vonage_total,
+    sum(vonage_nano) AS vonage_total_nano,
+    sum(billed) AS billed_messages,
+    {money.sql_format('sum(billed_nano)')} AS billed_total,
+    sum(billed_nano) AS billed_total_nano,
+    {signed_format(difference)} AS difference,
+    {difference} AS difference_nano,
+    {counts}"""
+
+
+VIEWS.update({
+    # One row per message Vonage recorded or we hold in the range of an import.
+    "vonage_reconciliation": f"""
+SELECT {_reconciliation(True)}
+FROM vonage_records r
+LEFT JOIN messages m ON m.message_uuid = r.message_id
+LEFT JOIN billing_lines b ON b.message_uuid = r.message_id
+UNION ALL
+SELECT {_reconciliation(False)}
+FROM messages m
+LEFT JOIN billing_lines b ON b.message_uuid = m.message_uuid
+WHERE NOT EXISTS (SELECT 1 FROM vonage_records x WHERE x.message_id = m.message_uuid)
+  AND {COVERING_IMPORT}
+""",
+    # Per day (Vonage's date_received, else our first status; UTC), channel and currency.
+    "vonage_reconciliation_by_day": f"""
+WITH {_money_lines()}
+SELECT day, channel, currency, {_totals()}
+FROM lines
+GROUP BY day, channel, currency
+""",
+    # Per failover workflow of either API and currency: its legs as Vonage recorded and billed
+    # them against what we derived (legs planned, legs with callbacks).
+    "vonage_reconciliation_workflows": f"""
+WITH {_money_lines("WHERE workflow_id IS NOT NULL")}
+SELECT
+    l.api,
+    l.workflow_id,
+    l.currency,
+    min(l.sent_at) AS first_sent_at,
+    w.legs AS legs_planned,
+    w.legs_seen,
+    sum(l.counted AND l.status_callbacks > 0) AS legs_with_callbacks,
+    group_concat(CASE WHEN l.counted AND l.vonage_status IS NOT NULL THEN l.channel END)
+        AS vonage_channels,
+    group_concat(CASE WHEN l.counted AND l.status_callbacks > 0 THEN l.channel END)
+        AS our_channels,
+    {_totals()}
+FROM lines l
+LEFT JOIN workflows w ON w.workflow_id = l.workflow_id
+GROUP BY l.api, l.workflow_id, l.currency
+""",
+})
 
 
 def create_views(conn):
