@@ -323,14 +323,15 @@ def _money_lines(where=""):
     """SQL: each vonage_reconciliation row as lines of one currency each: its own (Vonage's
     currency, else ours) with both amounts when they share it, and a second line holding our
     amount alone when the currencies differ (counted = 0, so it adds no message)."""
+    billed_nano = ("CASE WHEN vonage_currency IS NULL OR billed_currency IS NULL "
+                   "OR vonage_currency = billed_currency THEN billed_price_nano END")
     return f"""
 lines AS (
     SELECT *, 1 AS counted, coalesce(vonage_currency, billed_currency) AS currency,
         vonage_price_nano AS vonage_nano,
-        CASE WHEN vonage_currency IS NULL OR billed_currency IS NULL
-                  OR vonage_currency = billed_currency THEN billed_price_nano END AS billed_nano,
+        {billed_nano} AS billed_nano,
         vonage_price_nano IS NOT NULL AS vonage_priced,
-        billed_price_nano IS NOT NULL AS billed
+        ({billed_nano}) IS NOT NULL AS billed
     FROM vonage_reconciliation {where}
     UNION ALL
     SELECT *, 0, billed_currency, NULL, billed_price_nano, 0, 1
