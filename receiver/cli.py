@@ -391,6 +391,27 @@ def export_billing(database, start, end, output, by):
     click.echo(f"{total} rows; total {summary or '0'}", err=True)
 
 
+@export.command("vonage-reconciliation")
+@database_option
+@_with_period
+@click.option("--by", type=click.Choice(["message", "day", "workflow"]), default="message",
+              show_default=True, help="One row per message (with its class); per day, channel "
+              "and currency; or per failover workflow and currency.")
+def export_vonage_reconciliation(database, start, end, output, by):
+    """Vonage's records against our callbacks as CSV, every column of the view
+    vonage_reconciliation (--by message), vonage_reconciliation_by_day or
+    vonage_reconciliation_workflows, for the days Vonage received the messages (a message
+    it never recorded: the day of our first status). Import the records first with
+    `receiver vonage-records import`. The messages in each class are printed on stderr.
+
+    Example: receiver export vonage-reconciliation --from 2026-11-01 --to 2026-11-30 --by day -o recon.csv
+    """
+    conn = _open(database, readonly=True)
+    with _open_output(output) as out:
+        classes = exports.write_reconciliation_csv(conn, by, start, end, out)
+    click.echo(", ".join(f"{n} {name}" for name, n in classes.items()) or "no rows", err=True)
+
+
 @export.command("events")
 @database_option
 @_with_period
