@@ -111,10 +111,14 @@ def test_totals_per_day_channel_and_currency_add_up_to_the_report_and_billing(re
         if record["total_price"]:
             in_report[record["currency"]] += int(Decimal(record["total_price"]) * 10**9)
     assert dict(vonage) == {currency: nano for currency, nano in in_report.items() if nano} | {None: 0}
-    billing = select(path, "SELECT currency, sum(price_nano) AS nano FROM billing_lines "
-                           "WHERE currency IS NOT NULL GROUP BY currency")
+    billing = select(path, "SELECT currency, sum(price_nano) AS nano, count(*) AS n FROM "
+                           "billing_lines WHERE currency IS NOT NULL GROUP BY currency")
     assert {row["currency"]: row["nano"] for row in billing} == {
         currency: nano for currency, nano in billed.items() if nano}
+    billed_messages = Counter()
+    for row in days:
+        billed_messages[row["currency"]] += row["billed_messages"]
+    assert {row["currency"]: row["n"] for row in billing} == +billed_messages
     classes = Counter(row["class"] for row in select(path, "SELECT class FROM vonage_reconciliation"))
     for plant, count in records.counts.items():
         assert sum(row[plant] for row in days) == count == classes[plant]
