@@ -455,6 +455,7 @@ class VonageRecords:
         import zipfile
 
         self.path, self.rate = path, rate
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self.rng = random.Random(f"vonage-records {seed}")
         self.planted, self.records = {}, 0
         name = f"report_MESSAGES_{SIMULATED_ACCOUNT}_{datetime.now(timezone.utc):%Y%m%d}.csv"
