@@ -54,6 +54,7 @@ BENCH_ARGS ?=
 bench: install system-deps
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(BIN)/python bench/vonage_import.py
 
 ## bench-reconciliation: the per-day reconciliation with Vonage's records at 1,000,000 records, against Datasette's time limit (bench/README.md)
 # e.g. make bench-reconciliation RECONCILIATION_ARGS="--records 100000"

@@ -732,5 +732,32 @@ def vonage_records_import(database, start, end, files):
         click.echo(_imported_line(path, result), err=True)
 
 
+@vonage_records_group.command("fetch")
+@database_option
+@range_options[0]
+@range_options[1]
+@click.option("--product", type=click.Choice(["MESSAGES", "SMS"]), default="MESSAGES",
+              show_default=True, help="The Vonage product whose outbound records to fetch.")
+def vonage_records_fetch(database, start, end, product):
+    """Fetch Vonage's records of the messages it received from us in --from .. --to, from
+    its Reports API (GET /v2/reports/records), and import them as `import` does: one import.
+
+    Needs VONAGE_API_KEY and VONAGE_API_SECRET (VONAGE_ACCOUNT_ID for a subaccount). Asks for
+    24 hours at a time, at most 5 requests a second, and retries 429 and 5xx answers. Nothing
+    is written until every page has come.
+
+    Example: receiver vonage-records fetch --from 2026-11-01 --to 2026-11-30 --product MESSAGES
+    """
+    from . import vonage_records
+
+    start, end = _range(start, end, required=True)
+    settings = _settings(database)
+    conn = _open(database)
+    steps = len(list(vonage_records.windows(start, end)))
+    with _progress(steps, f"Fetching {product} records") as bar:
+        result = vonage_records.fetch(conn, settings, start, end, product, progress=bar.update)
+    click.echo(_imported_line(f"fetch {product}", result), err=True)
+
+
 if __name__ == "__main__":  # pragma: no cover
     cli()

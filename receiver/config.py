@@ -61,6 +61,12 @@ class Settings:
     metrics_token: str = ""
     # "text" (for a terminal) or "json" (one object per line, for a log pipeline).
     log_format: str = "text"
+    # `receiver vonage-records fetch`: the Reports API, its credentials and the account reported
+    # on ("": the API key's own account).
+    vonage_api_key: str = ""
+    vonage_api_secret: str = ""
+    vonage_account_id: str = ""
+    vonage_reports_url: str = "https://api.nexmo.com"
 
 
 # Setting name -> (environment variable, parser)
@@ -93,6 +99,10 @@ ENVIRONMENT = {
     "retention_days": ("RECEIVER_RETENTION_DAYS", int),
     "metrics_token": ("RECEIVER_METRICS_TOKEN", str),
     "log_format": ("RECEIVER_LOG_FORMAT", str.lower),
+    "vonage_api_key": ("VONAGE_API_KEY", str),
+    "vonage_api_secret": ("VONAGE_API_SECRET", str),
+    "vonage_account_id": ("VONAGE_ACCOUNT_ID", str),
+    "vonage_reports_url": ("VONAGE_REPORTS_URL", str),
 }
 
 # Settings for which an empty variable is a value, not "unset" (GUNICORN_ACCESS_LOG="": none).
@@ -100,7 +110,7 @@ EMPTY_IS_A_VALUE = ("access_log",)
 EXPECTED = {int: "a whole number", float: "a number"}
 
 SECRET_SETTINGS = ("signature_secret", "signature_secrets", "datasette_password_hash", "basic_auth",
-                   "metrics_token")
+                   "metrics_token", "vonage_api_secret")
 
 SYNCHRONOUS_MODES = ("FULL", "NORMAL", "EXTRA")
 
