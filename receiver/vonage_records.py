@@ -74,7 +74,8 @@ UPSERT = (
     f"ON CONFLICT (message_id) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c != "message_id")
 )
-UTC_SHAPE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\+0000|Z)\Z")
+# Vonage's usual date shape, UTC: 2019-06-28T15:30:00+0000 (days are checked once each).
+UTC_SHAPE = re.compile(r"(\d{4}-[01]\d-[0-3]\d)T(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\+0000|Z)\Z")
 
 # A MESSAGES record's provider -> the channel name our tables use (schemas.CHANNELS).
 CHANNEL_NAMES = {"viber": "viber_service_msg", "viber_service": "viber_service_msg"}
@@ -120,11 +121,18 @@ def parse_moment(text, *, end=False):
 
 def _vonage_time(text):
     """A record's date ('2019-06-28T15:30:00+0000', '...Z', other offsets) -> the store's
-    UTC text, or None when it is not a date-time. The common UTC shapes skip datetime."""
-    if UTC_SHAPE.match(text):
-        return text[:19] + ".000000Z"
+    UTC text, or None when it is not a date-time."""
     moment = parse_timestamp(text)
     return None if moment is None else format_timestamp(moment)
+
+
+def _is_day(text, days):
+    try:
+        datetime.strptime(text, "%Y-%m-%d")
+    except ValueError:
+        return False
+    days.add(text)
+    return True
 
 
 def _day_start(stamp):
@@ -202,13 +210,16 @@ def _row_converter(name, header, product, job, where):
     i_finalized, i_latency, i_provider = (index.get(c, width) for c in ("date_finalized", "latency", "provider"))
     prices = {"": (None, None)}
     channels = {}
+    days = set()
     shape = UTC_SHAPE.match
 
     def fail(problem):
         raise RecordsError(f"{name}: {where()}: {problem}")
 
     def time_of(column, text):
-        if shape(text):
+        # The usual shape by slicing (a day is checked against the calendar once), else datetime.
+        match = shape(text)
+        if match and (match[1] in days or _is_day(match[1], days)):
             return text[:19] + ".000000Z"
         stamp = _vonage_time(text)
         if stamp is None:
@@ -308,7 +319,8 @@ class _Import:
         self.rows += len(tuples)
 
     def finish(self, product):
-        """Check the rows against the range, record it; return what was imported."""
+        """Record the range covered and the count (and the account, when neither the file's
+        name nor the answer said it: the first record's); return what was imported."""
         if self.start is None:
             if self.first is None:
                 raise RecordsError(f"{self.name}: no records, and no --from/--to to say which "
@@ -316,9 +328,11 @@ class _Import:
             start, end = _day_start(self.first), _next_day(self.last)
         else:
             start, end = format_timestamp(self.start), format_timestamp(self.end)
-        self.conn.execute("UPDATE vonage_record_imports SET date_start = ?, date_end = ?, "
-                          "row_count = ?, product = ? WHERE id = ?",
-                          (start, end, self.rows, product, self.id))
+        self.conn.execute(
+            "UPDATE vonage_record_imports SET date_start = :start, date_end = :end, row_count = :rows, "
+            "product = :product, account_id = coalesce(account_id, (SELECT account_id FROM "
+            "vonage_records WHERE import_id = :id LIMIT 1)) WHERE id = :id",
+            {"start": start, "end": end, "rows": self.rows, "product": product, "id": self.id})
         return Imported(self.id, self.rows, start, end, product)
 
 

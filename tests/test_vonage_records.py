@@ -76,6 +76,25 @@ def test_sms_csv_and_explicit_range(runner, db_path, rows, tmp_path):
         "csv", "SMS", "2026-10-31T00:00:00.000000Z", "2026-11-02T00:00:00.000000Z")
 
 
+def test_dates_are_checked_and_normalised_and_the_account_read_from_the_rows(runner, db_path, rows, tmp_path):
+    records = day_records(range(3))
+    records[0]["date_received"] = "2026-11-01T10:00:00Z"
+    records[1]["date_received"] = "2026-11-01T12:30:00.250+02:00"
+    good = write_report(tmp_path / "plain-name.csv", records)
+    result = runner.invoke(["vonage-records", "import", "--db", str(db_path), str(good)])
+    assert result.exit_code == 0, result.output
+    got, [row] = imported(rows, db_path)
+    assert [r["date_received"] for r in got] == [
+        "2026-11-01T10:00:00.000000Z", "2026-11-01T10:30:00.250000Z", "2026-11-01T00:14:00.000000Z"]
+    assert row["account_id"] == "abcd1234"  # not in the file's name: the records say it
+    records[2]["date_received"] = "2026-02-30T10:00:00+0000"  # the right shape, not a day
+    bad = write_report(tmp_path / "bad-date.csv", records)
+    result = runner.invoke(["vonage-records", "import", "--db", str(db_path), str(bad)])
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[-1] == (
+        "Error: bad-date.csv: line 4: date_received '2026-02-30T10:00:00+0000' is not an ISO 8601 date-time")
+
+
 def test_json_prices_are_exact_and_its_self_link_gives_the_range(runner, db_path, rows, tmp_path):
     records = day_records(range(2))
     records[0]["total_price"] = "0.012345678"
