@@ -738,25 +738,35 @@ def vonage_records_import(database, start, end, files):
 @range_options[1]
 @click.option("--product", type=click.Choice(["MESSAGES", "SMS"]), default="MESSAGES",
               show_default=True, help="The Vonage product whose outbound records to fetch.")
-def vonage_records_fetch(database, start, end, product):
+@click.option("--id", "ids", multiple=True, metavar="MESSAGE_ID[,...]",
+              help="Instead of a range: these messages' records (repeatable, or comma-separated); "
+                   "the ids Vonage has no record of are listed.")
+def vonage_records_fetch(database, start, end, product, ids):
     """Fetch Vonage's records of the messages it received from us in --from .. --to, from
     its Reports API (GET /v2/reports/records), and import them as `import` does: one import.
 
     Needs VONAGE_API_KEY and VONAGE_API_SECRET (VONAGE_ACCOUNT_ID for a subaccount). Asks for
     24 hours at a time, at most 5 requests a second, and retries 429 and 5xx answers. Nothing
-    is written until every page has come.
+    is written until every page has come. With --id, looks those messages up instead (an
+    import that covers no range).
 
     Example: receiver vonage-records fetch --from 2026-11-01 --to 2026-11-30 --product MESSAGES
     """
     from . import vonage_records
 
-    start, end = _range(start, end, required=True)
+    ids = [part.strip() for value in ids for part in value.split(",") if part.strip()]
+    if ids and (start or end):
+        raise click.UsageError("give --id or --from/--to, not both")
+    start, end = _range(start, end, required=not ids)
     settings = _settings(database)
     conn = _open(database)
-    steps = len(list(vonage_records.windows(start, end)))
+    steps = -(-len(ids) // vonage_records.ID_BATCH) if ids else len(list(vonage_records.windows(start, end)))
     with _progress(steps, f"Fetching {product} records") as bar:
-        result = vonage_records.fetch(conn, settings, start, end, product, progress=bar.update)
+        result = vonage_records.fetch(conn, settings, start, end, product, ids=ids, progress=bar.update)
     click.echo(_imported_line(f"fetch {product}", result), err=True)
+    if result.not_found:
+        shown = ", ".join(result.not_found[:10]) + (", ..." if len(result.not_found) > 10 else "")
+        click.echo(f"{len(result.not_found)} of the ids have no record at Vonage: {shown}", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -101,6 +101,7 @@ class Imported:
     date_end: str
     product: str
     already: bool = False
+    not_found: tuple = ()  # ids a fetch by id asked for that Vonage has no record of
 
 
 # --- dates ---------------------------------------------------------------------------------
@@ -296,9 +297,9 @@ class _Import:
     """One import in progress inside the caller's transaction: the vonage_record_imports row,
     the rows written in chunks, the range the rows span."""
 
-    def __init__(self, conn, name, sha256, source, product, account_id, start, end):
+    def __init__(self, conn, name, sha256, source, product, account_id, start, end, covers=True):
         self.conn, self.name = conn, name
-        self.start, self.end = start, end
+        self.start, self.end, self.covers = start, end, covers
         self.rows = 0
         self.first = self.last = None
         self.id = conn.execute(
@@ -321,7 +322,9 @@ class _Import:
     def finish(self, product):
         """Record the range covered and the count (and the account, when neither the file's
         name nor the answer said it: the first record's); return what was imported."""
-        if self.start is None:
+        if not self.covers:  # records looked up by id: an empty range, start = end
+            start = end = self.first or store.utcnow()
+        elif self.start is None:
             if self.first is None:
                 raise RecordsError(f"{self.name}: no records, and no --from/--to to say which "
                                    f"range it covers")
@@ -467,8 +470,9 @@ def _load_json(name, data_bytes):
         raise RecordsError(f"{name}: line {error.lineno}: not JSON ({error.msg})") from None
 
 
-def _import_json(conn, name, pages, sha256, source, start, end, progress=None):
-    """Import the records of one or more JSON answers (a fetch's pages) as one import."""
+def _import_json(conn, name, pages, sha256, source, start, end, progress=None, covers=True):
+    """Import the records of one or more JSON answers (a fetch's pages) as one import;
+    ``covers=False``: records looked up by id, the import covers no range."""
     job = None
     product_seen = None
     number = 1
@@ -479,7 +483,7 @@ def _import_json(conn, name, pages, sha256, source, start, end, progress=None):
         if job is None:
             if start is None and link_start is not None and link_end is not None:
                 start, end = link_start, link_end
-            job = _Import(conn, name, sha256, source, product, account, start, end)
+            job = _Import(conn, name, sha256, source, product, account, start, end, covers)
         product_seen = product
         job.write(list(_json_rows(name, records, product, job, number)))
         number += len(records)
@@ -543,6 +547,7 @@ MIN_INTERVAL_S = 0.2  # at most 5 requests per second
 ATTEMPTS = 6  # per request, when Vonage answers 429 or 5xx
 BACKOFF_S = 1.0  # then 2, 4, 8... unless Retry-After says otherwise
 MAX_WAIT_S = 60.0
+ID_BATCH = 20  # message ids per request when fetching by id
 
 
 def windows(start, end):
@@ -615,20 +620,30 @@ class _Client:
         return line + "; nothing imported"
 
 
-def fetch(conn, settings, start, end, product="MESSAGES", *, progress=None, sleep=time.sleep):
+def fetch(conn, settings, start, end, product="MESSAGES", *, ids=(), progress=None,
+          sleep=time.sleep):
     """Fetch the outbound records of ``product`` received in [start, end) from the Reports
     API, 24 hours per request at most, following each answer's ``_links.next``; then import
     them all as one import (as ``import_file`` does a JSON file). Nothing is written until
-    every page has come. ``progress(1)`` after each window."""
+    every page has come. ``progress(1)`` after each window.
+
+    With ``ids`` instead of a range: those messages' records, ID_BATCH ids a request; the
+    ids Vonage has no record of come back in ``Imported.not_found``, and the import covers no
+    range (start = end), so reconciliation by range is unchanged by it."""
     _check_product("fetch", product)
-    check_range(start, end)
     client = _Client(settings, sleep)
     account = settings.vonage_account_id or settings.vonage_api_key
-    name = f"fetch {format_timestamp(start)}..{format_timestamp(end)}"
-    digest, pages = hashlib.sha256(), []
-    for window_start, window_end in windows(start, end):
-        query = {"account_id": account, "product": product, "direction": "outbound",
-                 "date_start": _vonage_param(window_start), "date_end": _vonage_param(window_end)}
+    base_query = {"account_id": account, "product": product, "direction": "outbound"}
+    if ids:
+        name = f"fetch {len(ids)} ids"
+        queries = [{**base_query, "id": ",".join(ids[i:i + ID_BATCH])} for i in range(0, len(ids), ID_BATCH)]
+    else:
+        check_range(start, end)
+        name = f"fetch {format_timestamp(start)}..{format_timestamp(end)}"
+        queries = [{**base_query, "date_start": _vonage_param(window_start),
+                    "date_end": _vonage_param(window_end)} for window_start, window_end in windows(start, end)]
+    digest, pages, not_found = hashlib.sha256(), [], []
+    for query in queries:
         url = f"{client.base}/v2/reports/records?{urlencode(query)}"
         while url:
             body = client.get(url)
@@ -637,12 +652,17 @@ def fetch(conn, settings, start, end, product="MESSAGES", *, progress=None, slee
             if not isinstance(page, dict):
                 raise RecordsError(f"{name}: Vonage's answer to {url} is not a JSON object")
             pages.append(page)
+            missing = page.get("ids_not_found") or []
+            not_found += missing.split(",") if isinstance(missing, str) else missing
             following = ((page.get("_links") or {}).get("next") or {}).get("href")
             url = urljoin(url, following) if following else None
         if progress:
             progress(1)
     done = _already(conn, digest.hexdigest())
     if done:
-        return Imported(*done, already=True)
+        return Imported(*done, already=True, not_found=tuple(not_found))
     with _bulk_transaction(conn):
-        return _import_json(conn, name, pages, digest.hexdigest(), "fetch", start, end)
+        result = _import_json(conn, name, pages, digest.hexdigest(), "fetch", start, end,
+                              covers=not ids)
+    result.not_found = tuple(not_found)
+    return result

@@ -2,7 +2,6 @@
 once per message, one transaction per file, against files in Vonage's format and a real HTTP
 server answering as the Reports API does."""
 
-import json
 import subprocess
 import zipfile
 from datetime import datetime, timedelta, timezone
@@ -316,17 +315,20 @@ def test_fetch_gives_up_on_a_server_that_keeps_failing(runner, db_path, rows, vo
     assert imported(rows, db_path) == ([], [])
 
 
-def test_the_test_server_answers_ids_as_the_spec_says(vonage_env):
-    # The server's `id=` mode (ids_not_found), checked so its answers can be trusted.
-    import urllib.request
-
-    with ReportsAPI(day_records(range(3))) as api:
-        request = urllib.request.Request(
-            f"{api.url}/v2/reports/records?account_id=abcd1234&product=MESSAGES&direction=outbound"
-            f"&id={uuid(1)},{uuid(99)}", headers={"Authorization": api.expected})
-        answer = json.loads(urllib.request.urlopen(request).read())
-    assert [r["message_id"] for r in answer["records"]] == [uuid(1)]
-    assert answer["ids_not_found"] == uuid(99)
+def test_fetch_by_id_lists_the_ids_not_found_and_covers_no_range(runner, db_path, rows, vonage_env):
+    with ReportsAPI(day_records(range(5))) as api:
+        vonage_env(api)
+        result = runner.invoke(["vonage-records", "fetch", "--db", str(db_path),
+                                "--id", f"{uuid(1)},{uuid(3)}", "--id", uuid(99)])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines()[-1] == f"1 of the ids have no record at Vonage: {uuid(99)}"
+    [(_, path, status)] = api.requests
+    assert status == 200 and f"id={uuid(1)}%2C{uuid(3)}%2C{uuid(99)}" in path
+    got, [row] = imported(rows, db_path)
+    assert [r["message_id"] for r in got] == [uuid(1), uuid(3)]
+    # Looked up by id, the import vouches for no time range: start = end.
+    assert row["date_start"] == row["date_end"] == got[0]["date_received"]
+    assert row["file_name"] == "fetch 3 ids" and row["row_count"] == 2
 
 
 def test_config_hides_the_api_secret(runner, monkeypatch):
