@@ -137,11 +137,17 @@ PERCENT = {
 }
 
 
+# Reconciliation with Vonage's records: a record does not say which API sent the message, and
+# a message whose callbacks never came has no API of ours, so these take no API filter
+# (tests/test_reconciliation_datasette.py checks them).
+ALL_APIS = {"vonage-billed", "missing-callbacks-per-day"}
+
+
 def test_every_chart_is_checked_here():
-    assert set(CHARTS) == set(ADDS_UP) | set(PERCENT)
+    assert set(CHARTS) == set(ADDS_UP) | set(PERCENT) | ALL_APIS
 
 
-@pytest.mark.parametrize("chart", sorted(CHARTS))
+@pytest.mark.parametrize("chart", sorted(set(CHARTS) - ALL_APIS))
 def test_every_chart_takes_the_api_filter(client, chart):
     """Filtered to one API, each chart counts that API's rows only."""
     def rows(api):
