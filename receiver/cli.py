@@ -277,6 +277,27 @@ def export_billing(database, start, end, output, by):
     click.echo(summary.line(total), err=True)
 
 
+@export.command("vonage-reconciliation")
+@database_option
+@_with_period
+@click.option("--by", type=click.Choice(["message", "day", "workflow"]), default="message",
+              show_default=True, help="One row per message (with its class); per day, channel "
+              "and currency; or per failover workflow and currency.")
+def export_vonage_reconciliation(database, start, end, output, by):
+    """Vonage's records against our callbacks as CSV, every column of the view
+    vonage_reconciliation (--by message), vonage_reconciliation_by_day or
+    vonage_reconciliation_workflows, for the days Vonage received the messages (a message
+    it never recorded: the day of our first status). Import the records first with
+    `receiver vonage-records import`. The messages in each class are printed on stderr.
+
+    Example: receiver export vonage-reconciliation --from 2026-11-01 --to 2026-11-30 --by day -o recon.csv
+    """
+    conn = _open(database, readonly=True)
+    with _open_output(output) as out:
+        classes = exports.write_reconciliation_csv(conn, by, start, end, out)
+    click.echo(", ".join(f"{n} {name}" for name, n in classes.items()) or "no rows", err=True)
+
+
 @export.command("events")
 @database_option
 @_with_period
@@ -314,7 +335,12 @@ def export_events(database, start, end, output, fmt):
               "API v1 failover (v1 statuses of each leg), or half of each, as during a migration.")
 @click.option("--remove", is_flag=True, help="Delete every simulated callback from the database "
               "(and what was derived from it) instead of adding any.")
-def simulate_command(database, count, url, secret, seed, days, concurrency, api, remove):
+@click.option("--vonage-records", "records_path", type=click.Path(dir_okay=False, writable=True),
+              help="Also write Vonage's records of this traffic (a report zip, or a .csv) with "
+              "planted discrepancies: some callbacks withheld, prices and currencies changed, "
+              "statuses changed, records left out (about 1 % of the messages each).")
+def simulate_command(database, count, url, secret, seed, days, concurrency, api, remove,
+                     records_path):
     """Generate realistic traffic: failover workflows of the Dispatch API (statuses and final
     reports) and/or of the Messages API v1 (v1 status webhooks of each leg).
 
@@ -327,6 +353,7 @@ def simulate_command(database, count, url, secret, seed, days, concurrency, api,
     Example: receiver simulate --dispatches 2000
     Example: receiver simulate --api mixed --dispatches 500 --url http://127.0.0.1:8000/webhooks/vonage
     Example: receiver simulate --remove --db var/events.db
+    Example: receiver simulate --api mixed --vonage-records var/demo-records.zip
     """
     from . import simulate
 
@@ -341,6 +368,9 @@ def simulate_command(database, count, url, secret, seed, days, concurrency, api,
         return
     seed = simulate.new_seed() if seed is None else seed
     workflows = simulate.generate(count, seed=seed, days=days, api=api)
+    records = simulate.VonageRecords(records_path, seed=seed) if records_path else None
+    if records:
+        workflows = records.withhold(workflows)
     if url:
         outcome = simulate.post_all(workflows, url, secret=secret, concurrency=concurrency,
                                     progress=_progress(count, "Posting"))
@@ -353,6 +383,10 @@ def simulate_command(database, count, url, secret, seed, days, concurrency, api,
         target = settings.db_path
     click.echo(f"{target} (seed {seed}): "
                + ", ".join(f"{n} {what}" for what, n in sorted(outcome.items())), err=True)
+    if records:
+        records.close()
+        click.echo(f"{records_path}: {records.records} Vonage records; planted: "
+                   + ", ".join(f"{n} {plant}" for plant, n in records.counts.items()), err=True)
     if url and any(what != "200" for what in outcome):
         raise SystemExit(1)
 

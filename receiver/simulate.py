@@ -407,3 +407,137 @@ def post_all(workflows, url, *, secret=None, concurrency=8, progress=None, timeo
     if progress is not None:
         progress.render_finish()
     return dict(counts)
+
+
+# --- Vonage's own records of the traffic (its Reports API), with planted discrepancies -------
+
+# The columns of an outbound MESSAGES record (REPORTS.md, csv_messages_outbound), in order.
+RECORD_COLUMNS = ("account_id", "message_id", "client_ref", "direction", "from", "to", "provider",
+                  "status", "error_code", "country", "country_name", "date_received",
+                  "date_finalized", "latency", "total_price", "currency")
+SIMULATED_ACCOUNT = "5140a7ed"  # an API key is 8 characters
+# What can be planted, each in its own messages (vonage_reconciliation's class names).
+PLANTS = ("no_callbacks", "price_differs", "currency_differs", "status_differs",
+          "not_in_vonage_records")
+PRICE_CHANGE = Decimal("0.0010")  # added to the price in a price_differs record
+# Our status -> the record's: Vonage's MESSAGES words, and for SMS the SMS product's.
+RECORD_STATUS = {"submitted": "submitted", "delivered": "delivered", "read": "delivered",
+                 "rejected": "rejected", "undeliverable": "undeliverable"}
+SMS_RECORD_STATUS = {**RECORD_STATUS, "submitted": "accepted", "undeliverable": "failed"}
+STATUS_RANKS = ("submitted", "delivered", "read", "undeliverable", "rejected")
+
+
+def _vonage_time(stamp):
+    """A callback timestamp ('2026-11-06T10:00:00.123Z') -> a record's, to the second."""
+    return stamp[:19] + "+0000"
+
+
+def _messages_of(deliveries):
+    """{message_uuid: what its status callbacks say} for one workflow's deliveries."""
+    found = {}
+    for delivery in deliveries:
+        body = json.loads(delivery.body)
+        uuid_ = body.get("message_uuid")
+        if uuid_ is None:
+            continue  # a Dispatch final report
+        message = found.setdefault(uuid_, {"statuses": set(), "times": [], "price": None})
+        channel = body.get("channel") or body["to"]["type"]
+        message["channel"] = "viber_service_msg" if channel == "viber_service" else channel
+        message["statuses"].add(body["status"])
+        message["times"].append(body["timestamp"])
+        to, sender = body["to"], body["from"]
+        message["to"] = to if isinstance(to, str) else to.get("number") or to.get("id")
+        message["from"] = sender if isinstance(sender, str) else sender.get("number") or sender.get("id")
+        if body.get("usage"):
+            message["price"] = body["usage"]["price"]
+        if body.get("error"):
+            message["error_code"] = str(body["error"].get("code") or body["error"]["type"].rsplit("#", 1)[-1])
+    return found
+
+
+class VonageRecords:
+    """Writes Vonage's records of the simulated traffic passing through ``withhold``: a zip
+    holding report_MESSAGES_<account>_<yyyyMMdd>.csv as Vonage's asynchronous reports do (or
+    that CSV alone, for a path ending in .csv), and plants discrepancies, each in a share
+    ``rate`` of the messages: callbacks withheld (never delivered), prices changed, currencies
+    changed, statuses changed, records left out. ``planted`` maps each such message to its
+    class; ``counts`` says how many of each."""
+
+    def __init__(self, path, *, seed, rate=0.01):
+        import csv
+        import io
+        import zipfile
+
+        self.path, self.rate = path, rate
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.rng = random.Random(f"vonage-records {seed}")
+        self.planted, self.records = {}, 0
+        name = f"report_MESSAGES_{SIMULATED_ACCOUNT}_{datetime.now(timezone.utc):%Y%m%d}.csv"
+        if str(path).endswith(".csv"):
+            self._zip, self._file = None, open(path, "w", newline="", encoding="utf-8")
+        else:
+            self._zip = zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED)
+            member = self._zip.open(name, "w", force_zip64=True)
+            self._file = io.TextIOWrapper(member, encoding="utf-8", newline="")
+        self._csv = csv.writer(self._file, lineterminator="\r\n")
+        self._csv.writerow(RECORD_COLUMNS)
+
+    @property
+    def counts(self):
+        counts = dict.fromkeys(PLANTS, 0)
+        for plant in self.planted.values():
+            counts[plant] += 1
+        return counts
+
+    def withhold(self, workflows):
+        """Yield each workflow with the callbacks of its no_callbacks messages taken out, and
+        write every record but those of not_in_vonage_records messages."""
+        for workflow_id, deliveries in workflows:
+            withheld = set()
+            for message_uuid, message in _messages_of(deliveries).items():
+                plant = self._plant(message)
+                if plant:
+                    self.planted[message_uuid] = plant
+                if plant == "no_callbacks":
+                    withheld.add(message_uuid)
+                if plant != "not_in_vonage_records":
+                    self._write(message_uuid, message, plant)
+            if withheld:
+                deliveries = [d for d in deliveries
+                              if json.loads(d.body).get("message_uuid") not in withheld]
+            yield workflow_id, deliveries
+
+    def _plant(self, message):
+        draw = self.rng.random() / self.rate
+        if draw >= len(PLANTS):
+            return None
+        plant = PLANTS[int(draw)]
+        if plant in ("price_differs", "currency_differs") and not message["price"]:
+            return None  # only a priced message can have its price or currency changed
+        return plant
+
+    def _write(self, message_uuid, message, plant):
+        status = max(message["statuses"], key=STATUS_RANKS.index)
+        channel = message["channel"]
+        words = SMS_RECORD_STATUS if channel == "sms" else RECORD_STATUS
+        if plant == "status_differs":  # another outcome: reached <-> failed, pending -> reached
+            status = "undeliverable" if status in ("delivered", "read") else "delivered"
+        price = message["price"] or ("" if channel == "rcs" else "0")
+        if plant == "price_differs":
+            price = format(Decimal(price) + PRICE_CHANGE, "f")
+        times = sorted(message["times"])
+        latency = int((datetime.fromisoformat(times[-1][:19]) -
+                       datetime.fromisoformat(times[0][:19])).total_seconds() * 1000)
+        self._csv.writerow((
+            SIMULATED_ACCOUNT, message_uuid, "", "outbound", message["from"],
+            message["to"], "viber" if channel == "viber_service_msg" else channel, words[status],
+            message.get("error_code", ""), "GB", "United Kingdom", _vonage_time(times[0]),
+            _vonage_time(times[-1]), latency, price,
+            "USD" if plant == "currency_differs" else "EUR",
+        ))
+        self.records += 1
+
+    def close(self):
+        self._file.close()
+        if self._zip is not None:
+            self._zip.close()

@@ -7,6 +7,8 @@ never across currencies: every total is per currency (a message without a price 
 Views (unlike canned queries) stream every row from Datasette with ``.csv?_stream=on``.
 """
 
+import re
+
 from . import money
 from .schemas import REACHED_RANKS, REACHED_STATUSES
 
@@ -326,6 +328,197 @@ FROM billing_by_day
 WHERE day >= :first_day AND day <= :last_day
 GROUP BY channel, currency
 """
+
+
+# --- Reconciliation against Vonage's own records (vonage_records, `receiver vonage-records`) ---
+#
+# Which of our messages an import covers: an import of product MESSAGES covers every message
+# of ours (Dispatch legs are sent by the Messages API and Vonage reports them under MESSAGES);
+# an import of product SMS covers our sms-channel messages. A message of ours is covered when
+# its time (its earliest status, else its final report's) falls in [date_start, date_end) of
+# such an import. A record joins our message on message_id = message_uuid, whatever its range.
+COVERING_IMPORT = """EXISTS (
+    SELECT 1 FROM vonage_record_imports i
+    WHERE coalesce(m.first_seen_at, m.final_report_at) >= i.date_start
+      AND coalesce(m.first_seen_at, m.final_report_at) < i.date_end
+      AND (i.product = 'MESSAGES' OR (i.product = 'SMS' AND m.channel = 'sms'))
+)"""
+
+# Vonage's record statuses (MESSAGES: free text such as submitted, delivered, read, rejected,
+# undeliverable; SMS: accepted, buffered, delivered, expired, failed, rejected, unknown) as
+# ours. Compared by outcome: reached (delivered, read), failed (rejected, undeliverable) or
+# pending (submitted). A status not listed (e.g. unknown) gives no verdict: never status_differs.
+VONAGE_STATUS_AS_OURS = {
+    "submitted": "submitted", "accepted": "submitted", "buffered": "submitted",
+    "delivered": "delivered", "read": "read",
+    "rejected": "rejected", "undeliverable": "undeliverable", "failed": "undeliverable",
+    "expired": "undeliverable",
+}
+OUTCOME = {"submitted": "pending", "delivered": "reached", "read": "reached",
+           "rejected": "failed", "undeliverable": "failed"}
+
+
+def _case(expression, mapping):
+    whens = " ".join(f"WHEN '{key}' THEN '{value}'" for key, value in mapping.items())
+    return f"CASE {expression} {whens} END"
+
+
+VONAGE_OUTCOME = _case("lower(r.status)", {k: OUTCOME[v] for k, v in VONAGE_STATUS_AS_OURS.items()})
+OUR_OUTCOME = _case("m.status", OUTCOME)
+
+# One class per message, the first that applies: no_callbacks (Vonage has it, no status
+# callback of ours: no messages row, or one made from a Dispatch final report alone),
+# currency_differs (both priced, in two currencies), price_differs (a missing price counts as
+# zero), status_differs (outcomes differ), else match. not_in_vonage_records is the other half.
+RECONCILIATION_CLASS = f"""CASE
+    WHEN m.message_uuid IS NULL OR m.event_count = 0 THEN 'no_callbacks'
+    WHEN r.price_nano IS NOT NULL AND b.price_nano IS NOT NULL AND r.currency <> b.currency
+        THEN 'currency_differs'
+    WHEN coalesce(r.price_nano, 0) <> coalesce(b.price_nano, 0) THEN 'price_differs'
+    WHEN ({VONAGE_OUTCOME}) <> ({OUR_OUTCOME}) THEN 'status_differs'
+    ELSE 'match'
+END"""
+CLASSES = ("match", "price_differs", "currency_differs", "status_differs", "no_callbacks",
+           "not_in_vonage_records")
+
+
+def _reconciliation(record_side):
+    """The raw columns of vonage_reconciliation over a record ``r``, our message ``m`` and its
+    billing line ``b``; without ``record_side`` every column of ``r`` reads NULL."""
+    select = f"""
+    coalesce(r.message_id, m.message_uuid) AS message_uuid,
+    {RECONCILIATION_CLASS if record_side else "'not_in_vonage_records'"} AS class,
+    date(coalesce(r.date_received, m.first_seen_at, m.final_report_at)) AS day,
+    coalesce(r.date_received, m.first_seen_at, m.final_report_at) AS sent_at,
+    m.api,
+    coalesce(m.dispatch_uuid, m.workflow_id) AS workflow_id,
+    coalesce(m.channel, r.channel) AS channel,
+    r.status AS vonage_status,
+    m.status AS our_status,
+    r.price AS vonage_price,
+    r.price_nano AS vonage_price_nano,
+    r.currency AS vonage_currency,
+    b.price AS billed_price,
+    b.price_nano AS billed_price_nano,
+    b.currency AS billed_currency,
+    m.event_count AS status_callbacks,
+    r.import_id,
+    r.product AS vonage_product,
+    r.error_code AS vonage_error_code,
+    coalesce(r.client_ref, m.client_ref) AS client_ref"""
+    return select if record_side else re.sub(r"\br\.\w+", "NULL", select)
+
+
+# Columns worked out from the raw ones outside the UNION ALL, so that a query reading few
+# columns (the per-day totals) never computes them: SQLite leaves unused outer columns alone.
+DIFFERENCE_NANO = ("CASE WHEN vonage_currency IS NULL OR billed_currency IS NULL "
+                   "OR vonage_currency = billed_currency "
+                   "THEN coalesce(vonage_price_nano, 0) - coalesce(billed_price_nano, 0) END")
+RECONCILIATION = f"""
+SELECT message_uuid, class, day, sent_at, api, workflow_id, channel, vonage_status,
+    {_case("lower(vonage_status)", VONAGE_STATUS_AS_OURS)} AS vonage_status_as_ours,
+    our_status, vonage_price, vonage_price_nano, vonage_currency, billed_price,
+    billed_price_nano, billed_currency,
+    {signed_format(DIFFERENCE_NANO)} AS difference,
+    {DIFFERENCE_NANO} AS difference_nano,
+    status_callbacks, import_id, vonage_product, vonage_error_code, client_ref
+FROM (
+    SELECT {_reconciliation(True)}
+    FROM vonage_records r
+    LEFT JOIN messages m ON m.message_uuid = r.message_id
+    LEFT JOIN billing_lines b ON b.message_uuid = r.message_id
+    UNION ALL
+    SELECT {_reconciliation(False)}
+    FROM messages m
+    LEFT JOIN billing_lines b ON b.message_uuid = m.message_uuid
+    WHERE NOT EXISTS (SELECT 1 FROM vonage_records x WHERE x.message_id = m.message_uuid)
+      AND {COVERING_IMPORT}
+)
+"""
+
+
+def _per_currency(keys, where="", extra_pairs="", extra_lines="", extra_blanks="", extra_totals=""):
+    """SQL: vonage_reconciliation summed per ``keys`` and currency, never across currencies.
+
+    First per ``keys`` and currency pair (one scan of the view, materialized: small), then as
+    lines of one currency each: the pair's own (Vonage's currency, else ours) with both
+    amounts when they share it, and for a pair of two currencies (currency_differs) a second
+    line holding our amount alone, which counts no message."""
+    counts = [f"sum(class = '{c}') AS {c}" for c in CLASSES]
+    same = "vc IS NULL OR bc IS NULL OR vc = bc"
+    keys_list = ", ".join(keys)
+    return f"""
+WITH pairs AS MATERIALIZED (
+    SELECT {keys_list}, vonage_currency AS vc, billed_currency AS bc,
+        count(*) AS messages,
+        count(import_id) AS vonage_records,
+        count(import_id) - count(vonage_price_nano) AS vonage_unpriced,
+        sum(vonage_price_nano) AS vonage_nano,
+        count(billed_price_nano) AS billed_messages,
+        sum(billed_price_nano) AS billed_nano,
+        {", ".join(counts)}{extra_pairs}
+    FROM vonage_reconciliation {where}
+    GROUP BY {keys_list}, vc, bc
+),
+lines AS (
+    SELECT {keys_list}, coalesce(vc, bc) AS currency, messages, vonage_records, vonage_unpriced,
+        vonage_nano, CASE WHEN {same} THEN billed_messages ELSE 0 END AS billed_messages,
+        CASE WHEN {same} THEN billed_nano END AS billed_nano,
+        {", ".join(CLASSES)}{extra_lines}
+    FROM pairs
+    UNION ALL
+    SELECT {keys_list}, bc, 0, 0, 0, NULL, billed_messages, billed_nano,
+        {", ".join("0" for _ in CLASSES)}{extra_blanks}
+    FROM pairs WHERE NOT ({same})
+)
+SELECT {keys_list}, currency{extra_totals},
+    sum(messages) AS messages,
+    sum(vonage_records) AS vonage_records,
+    sum(vonage_unpriced) AS vonage_unpriced,
+    {money.sql_format('sum(vonage_nano)')} AS vonage_total,
+    sum(vonage_nano) AS vonage_total_nano,
+    sum(billed_messages) AS billed_messages,
+    {money.sql_format('sum(billed_nano)')} AS billed_total,
+    sum(billed_nano) AS billed_total_nano,
+    {signed_format(DIFFERENCE)} AS difference,
+    {DIFFERENCE} AS difference_nano,
+    {", ".join(f"sum({c}) AS {c}" for c in CLASSES)}
+FROM lines
+GROUP BY {keys_list}, currency"""
+
+
+DIFFERENCE = "coalesce(sum(vonage_nano), 0) - coalesce(sum(billed_nano), 0)"
+WORKFLOW_TOTALS = _per_currency(
+    ("api", "workflow_id"), "WHERE workflow_id IS NOT NULL",
+    extra_pairs=""",
+        min(sent_at) AS first_sent_at,
+        sum(status_callbacks > 0) AS legs_with_callbacks,
+        group_concat(CASE WHEN import_id IS NOT NULL THEN channel END) AS vonage_channels,
+        group_concat(CASE WHEN status_callbacks > 0 THEN channel END) AS our_channels""",
+    extra_lines=", first_sent_at, legs_with_callbacks, vonage_channels, our_channels",
+    extra_blanks=", first_sent_at, 0, NULL, NULL",
+    extra_totals=""",
+    min(first_sent_at) AS first_sent_at, sum(legs_with_callbacks) AS legs_with_callbacks,
+    group_concat(vonage_channels) AS vonage_channels, group_concat(our_channels) AS our_channels""",
+)
+
+VIEWS.update({
+    # One row per message Vonage recorded or we hold in the range of an import.
+    "vonage_reconciliation": RECONCILIATION,
+    # Per day (Vonage's date_received, else our first status; UTC), channel and currency.
+    "vonage_reconciliation_by_day": _per_currency(("day", "channel")),
+    # Per failover workflow of either API and currency: its legs as Vonage recorded and billed
+    # them against what we derived (legs planned, legs with callbacks).
+    "vonage_reconciliation_workflows": f"""
+SELECT t.api, t.workflow_id, t.currency, t.first_sent_at, w.legs AS legs_planned, w.legs_seen,
+    t.legs_with_callbacks, t.vonage_channels, t.our_channels,
+    {", ".join(f"t.{c}" for c in ("messages", "vonage_records", "vonage_unpriced", "vonage_total",
+                                  "vonage_total_nano", "billed_messages", "billed_total",
+                                  "billed_total_nano", "difference", "difference_nano", *CLASSES))}
+FROM ({WORKFLOW_TOTALS}) t
+LEFT JOIN workflows w ON w.workflow_id = t.workflow_id
+""",
+})
 
 
 def create_views(conn):

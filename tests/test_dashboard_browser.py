@@ -144,7 +144,10 @@ async () => {
 }
 """
 
-VEGA_CHARTS = {"callbacks-per-hour", "cost-per-day", "failover-rate", "top-error-codes"}
+VEGA_CHARTS = {"callbacks-per-hour", "cost-per-day", "failover-rate", "top-error-codes",
+               "missing-callbacks-per-day"}
+# Charts empty until Vonage's records are imported (tests/test_reconciliation_datasette.py).
+NEEDS_VONAGE_RECORDS = {"missing-callbacks-per-day"}
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +192,8 @@ def test_dashboard_charts_render_with_the_stored_data(server, filled, browser):
         assert problems == []
         assert set(charts) == VEGA_CHARTS
         for name, chart in charts.items():
-            assert chart["rows"] and chart["marks"] > 0 and chart["drawn"] > 0, (name, chart)
+            if name not in NEEDS_VONAGE_RECORDS:
+                assert chart["rows"] and chart["marks"] > 0 and chart["drawn"] > 0, (name, chart)
 
         # Callbacks by status over time: every stored callback, once. The data spans from
         # March 2025 to today: more than four years gives yearly buckets, else monthly.
@@ -324,7 +328,7 @@ def test_every_chart_stays_bounded_and_complete_over_any_period(many, browser):
         assert problems == []
         for name, chart in charts.items():  # (no errors in this data: no error chart rows)
             assert len(chart["rows"]) < 500, (name, len(chart["rows"]))
-            assert name == "top-error-codes" or chart["rows"] and chart["drawn"] > 0, name
+            assert name in {"top-error-codes", *NEEDS_VONAGE_RECORDS} or chart["rows"] and chart["drawn"] > 0, name
         callbacks = charts["callbacks-per-hour"]["rows"]
         assert sum(row["callbacks"] for row in callbacks) == MANY
         assert {row["unit"] for row in callbacks} == {"day"}  # 42 days of data
@@ -351,7 +355,7 @@ def test_every_chart_stays_bounded_and_complete_over_any_period(many, browser):
 def test_the_month_totals_card_and_its_links(server, browser):
     """The card of charges per month, channel and currency shows its table with the unpriced
     count, and the dashboard's links lead to the views in the served database."""
-    page, _, problems = open_dashboard(browser, f"{server.url}/-/dashboards/dispatch")
+    page, _, problems = open_dashboard(browser, f"{server.url}/-/dashboards/callbacks")
     try:
         card = page.locator("#chart-billing-by-month table")
         card.wait_for()
