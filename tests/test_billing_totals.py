@@ -108,7 +108,7 @@ def test_the_dashboard_and_the_billing_pages_link_to_the_month_totals(billed, mo
         source.backup(copy)
     client = Client(served)
     try:
-        dashboard = client.get("/-/dashboards/dispatch").text
+        dashboard = client.get("/-/dashboards/callbacks").text
         assert "/-/receiver/billing_by_month" in dashboard
         link = client.get("/-/receiver/billing_by_month")
         assert (link.status_code, link.headers["location"]) == (302, f"/{DB_NAME}/billing_by_month")
@@ -130,7 +130,7 @@ def test_the_cost_chart_counts_the_charged_messages_without_a_price(billed):
     from test_datasette_v1 import chart_sql
 
     metadata = yaml.safe_load((Path(__file__).resolve().parent.parent / "config" / "metadata.yml").read_text())
-    chart = metadata["plugins"]["datasette-dashboards"]["dispatch"]["charts"]["cost-per-day"]
+    chart = metadata["plugins"]["datasette-dashboards"]["callbacks"]["charts"]["cost-per-day"]
     with closing(sqlite3.connect(billed)) as conn:
         conn.row_factory = sqlite3.Row
         found = [dict(r) for r in conn.execute(chart_sql(chart["query"], {"channel": "rcs"}),

@@ -13,7 +13,7 @@ from test_datasette import DB_NAME, Client
 from test_datasette_v1 import chart_sql
 
 CHARTS = yaml.safe_load((Path(__file__).resolve().parent.parent / "config" / "metadata.yml")
-                        .read_text())["plugins"]["datasette-dashboards"]["dispatch"]["charts"]
+                        .read_text())["plugins"]["datasette-dashboards"]["callbacks"]["charts"]
 
 CHANNELS = ("whatsapp", "sms")
 
