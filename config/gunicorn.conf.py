@@ -21,9 +21,7 @@ bind = f"{_settings.host}:{_settings.port}"
 # Workers hand their writes to one group-commit writer process (receiver/writer.py), so one
 # synced commit serves every request in flight. Threaded workers (gthread), cores + 1 of them
 # with 8 threads each: a thread waiting for its commit costs a thread, not a process, and
-# 24 requests in flight make big batches. CPU per request on 2 shared cores (bench/README.md,
-# 2026-12-06, one round): 9 sync workers 2.87 / 3.13 ms at 16 / 64 connections, gthread 2 x 8
-# 1.77 / 1.88 ms, gthread 3 x 8 1.65 / 1.64 ms (the textbook peer 1.91 / 2.06 ms that run).
+# many requests in flight make big batches; chosen by CPU per request (bench/README.md).
 worker_class = _settings.worker_class
 workers = _settings.web_concurrency
 threads = _settings.threads

@@ -1,4 +1,4 @@
-"""The README's commands work as written: each names a program a newcomer has after
+"""The README's commands (and those of its pages in docs/) work as written: each names a program a newcomer has after
 `make run` (no virtualenv on PATH), and the ones that need no running server are run, as
 written, in a fresh directory holding only that virtualenv."""
 
@@ -13,6 +13,8 @@ import pytest
 from testing.processes import ROOT, VENV_BIN
 
 README = (ROOT / "README.md").read_text()
+# The README's detail pages: their commands are held to the same rule.
+DOCS = sorted((ROOT / "docs").glob("*.md"))
 # What a shell has without the project's virtualenv activated.
 PLAIN_PATH = "/usr/local/bin:/usr/bin:/bin"
 SHELL_BUILTINS = {"export", "source", "cd"}
@@ -59,7 +61,7 @@ def program(command):
     return tokens[0]
 
 
-COMMANDS = console_commands()
+COMMANDS = console_commands() + [c for page in DOCS for c in console_commands(page.read_text())]
 
 
 def test_the_readme_has_commands():
