@@ -72,7 +72,10 @@ def channel_scales():
     scales = {}
     for dashboard in DASHBOARDS.values():
         for name, chart in dashboard["charts"].items():
-            color = ((chart.get("display") or {}).get("encoding") or {}).get("color") or {}
+            display = chart.get("display")
+            if not isinstance(display, dict):  # a markdown or table card draws no colours
+                continue
+            color = (display.get("encoding") or {}).get("color") or {}
             if color.get("field") == "channel":
                 scale = color.get("scale") or {}
                 scales[name] = (scale.get("domain"), scale.get("range"))

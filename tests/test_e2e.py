@@ -6,6 +6,7 @@ through Datasette's JSON API, which is how operators read them. Nothing is mocke
 
 import json
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,8 +67,20 @@ class Stack:
     def ds_get(self, path, params=None):
         return self.http.get(self.datasette + path, params=params, timeout=HTTP_TIMEOUT_S)
 
+    def caught_up(self, timeout_s=10.0):
+        """Wait until the derived rows (messages, dispatches, workflows) include every stored
+        callback: a 200 promises the events; the writer derives the rest within tens of ms."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            health = self.http.get(self.web + "/healthz", timeout=HTTP_TIMEOUT_S).json()
+            if health.get("projection_behind") == 0 or time.monotonic() > deadline:
+                return health
+            time.sleep(0.02)
+
     def rows(self, table, **filters):
-        """Rows of ``table`` through Datasette's table JSON API, with column filters."""
+        """Rows of ``table`` through Datasette's table JSON API, with column filters, once the
+        derived rows have caught up with what was posted."""
+        self.caught_up()
         response = self.ds_get(f"/{self.db_name}/{table}.json",
                                {"_shape": "array", "_size": "max", **filters})
         assert response.status_code == 200, (table, filters, response.status_code, response.text)
