@@ -53,6 +53,25 @@ CHARGED_STATUS = """CASE
     ELSE CASE WHEN delivered_at IS NOT NULL THEN 'delivered' ELSE 'read' END
 END"""
 
+def _billing_per(period, expression):
+    """SQL: billing_lines totalled per ``period`` (``expression`` of charged_at), API, channel
+    and currency; charged messages without a price are counted (unpriced_messages)."""
+    return f"""
+SELECT
+    {expression} AS {period},
+    api,
+    channel,
+    currency,
+    count(*) AS messages,
+    count(price_nano) AS priced_messages,
+    count(*) - count(price_nano) AS unpriced_messages,
+    {money.sql_format('sum(price_nano)')} AS total,
+    sum(price_nano) AS total_nano
+FROM billing_lines
+GROUP BY {period}, api, channel, currency
+"""
+
+
 def hours_since(expression):
     """SQL: hours from the time ``expression`` to now (UTC), one decimal."""
     return f"round((julianday('now') - julianday({expression})) * 24, 1)"
@@ -78,35 +97,9 @@ WHERE {CHARGED_AT} IS NOT NULL
 """,
     # Per charge day (UTC), API, channel and currency. Charged messages without a price have
     # no currency: their row (currency empty) counts them in unpriced_messages.
-    "billing_by_day": f"""
-SELECT
-    date(charged_at) AS day,
-    api,
-    channel,
-    currency,
-    count(*) AS messages,
-    count(price_nano) AS priced_messages,
-    count(*) - count(price_nano) AS unpriced_messages,
-    {money.sql_format('sum(price_nano)')} AS total,
-    sum(price_nano) AS total_nano
-FROM billing_lines
-GROUP BY day, api, channel, currency
-""",
+    "billing_by_day": _billing_per("day", "date(charged_at)"),
     # Per charge month (UTC, YYYY-MM), API, channel and currency: a month's totals.
-    "billing_by_month": f"""
-SELECT
-    strftime('%Y-%m', charged_at) AS month,
-    api,
-    channel,
-    currency,
-    count(*) AS messages,
-    count(price_nano) AS priced_messages,
-    count(*) - count(price_nano) AS unpriced_messages,
-    {money.sql_format('sum(price_nano)')} AS total,
-    sum(price_nano) AS total_nano
-FROM billing_lines
-GROUP BY month, api, channel, currency
-""",
+    "billing_by_month": _billing_per("month", "strftime('%Y-%m', charged_at)"),
     # Per workflow of either API (a Dispatch dispatch, a Messages failover request; a message
     # outside any workflow on its own line) and currency, compared with the final report's
     # total where Vonage sends one in the same currency. first_charged_at is the workflow's
