@@ -9,6 +9,7 @@ tests derive what each canned query must answer from that description.
 import copy
 import json
 import uuid
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 
 from payloads import final_report, status
@@ -169,3 +170,17 @@ def many_bodies(count, start=datetime(2025, 1, 1, tzinfo=timezone.utc), every=ti
         bodies.append(status(uid(f"many.{i}.sms"), uid(f"many.{i}"), "submitted", channel="sms",
                              timestamp=iso(moment), price="0.05"))
     return bodies
+
+
+@contextmanager
+def served(directory, name):
+    """The scenario in ``directory/<name>.db``, served by the real ``receiver datasette``;
+    yields (the running Datasette, the scenario's uuids) and stops it afterwards."""
+    from testing.processes import Datasette
+
+    uuids = fill(directory / f"{name}.db")
+    process = Datasette(directory / f"{name}.db", directory / "datasette.log").start()
+    try:
+        yield process, uuids
+    finally:
+        process.stop()

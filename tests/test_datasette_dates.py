@@ -12,7 +12,6 @@ import pytest
 import requests
 
 import datasette_data
-from testing.processes import Datasette
 from test_dashboard_browser import browser, needs_chromium, open_dashboard  # noqa: F401
 
 DB = "dates"
@@ -20,11 +19,8 @@ DB = "dates"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("dates")
-    datasette_data.fill(directory / f"{DB}.db")
-    process = Datasette(directory / f"{DB}.db", directory / "datasette.log").start()
-    yield process
-    process.stop()
+    with datasette_data.served(tmp_path_factory.mktemp("dates"), DB) as (process, uuids):
+        yield process
 
 
 def get(server, path, **params):

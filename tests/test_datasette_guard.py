@@ -14,18 +14,14 @@ import pytest
 import requests
 
 import datasette_data
-from testing.processes import Datasette
 
 DB = "guard"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("guard")
-    uuids = datasette_data.fill(directory / f"{DB}.db")
-    process = Datasette(directory / f"{DB}.db", directory / "datasette.log").start()
-    yield process, uuids
-    process.stop()
+    with datasette_data.served(tmp_path_factory.mktemp("guard"), DB) as (process, uuids):
+        yield process, uuids
 
 
 def get(server, path, **params):

@@ -14,7 +14,7 @@ import yaml
 from click.testing import CliRunner
 
 import datasette_data
-from testing.processes import ROOT, Datasette
+from testing.processes import ROOT
 from test_dashboard_browser import browser, needs_chromium, open_dashboard  # noqa: F401
 
 from receiver import openapi
@@ -29,11 +29,8 @@ DASHBOARDS = METADATA["plugins"]["datasette-dashboards"]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("names")
-    datasette_data.fill(directory / f"{DB}.db")
-    process = Datasette(directory / f"{DB}.db", directory / "datasette.log").start()
-    yield process
-    process.stop()
+    with datasette_data.served(tmp_path_factory.mktemp("names"), DB) as (process, uuids):
+        yield process
 
 
 def test_the_index_and_the_dashboard_name_both_apis(server):
