@@ -153,7 +153,7 @@ def write_reconciliation_csv(conn, by, start, end, out, progress=None):
     writer.writerow(columns)
     classes = {}
     for row in conn.execute(select, period(start, end)):
-        writer.writerow(row)
+        writer.writerow(neutralise_row(row))
         record = dict(zip(columns, row))
         if "class" in record:
             classes[record["class"]] = classes.get(record["class"], 0) + 1

@@ -75,6 +75,25 @@ def test_cli_exports_are_neutralised(runner, hostile, args):
         assert "-0.01" in found  # the difference stays a number
 
 
+def test_the_reconciliation_export_is_neutralised(runner, hostile, tmp_path):
+    """Vonage's report covers November, and its client_ref and the formula message_uuid we
+    hold (not in Vonage's records) both reach the reconciliation CSV neutralised."""
+    from testing.vonage_reports import record, write_csv
+
+    report = tmp_path / "report_MESSAGES_abcd1234_20261201.csv"
+    with open(report, "w", encoding="utf-8", newline="") as handle:
+        write_csv(handle, [record(new_uuid(), "2026-11-04T10:00:00+0000", client_ref="@SUM(A1)")])
+    imported = runner.invoke(["vonage-records", "import", "--db", str(hostile), "--from",
+                              "2026-11-01", "--to", "2026-11-30", str(report)])
+    assert imported.exit_code == 0, imported.output
+    result = runner.invoke(["export", "vonage-reconciliation", "--db", str(hostile), "--by",
+                            "message", "--from", "2026-11-01", "--to", "2026-11-30"])
+    assert result.exit_code == 0, result.output
+    found = cells(result.stdout)
+    assert "'" + FORMULA in found and "'@SUM(A1)" in found
+    assert not [c for c in found if c.startswith(("=", "+", "@", "\t", "\r"))]
+
+
 @pytest.mark.parametrize("path", ["billing_lines.csv", "billing_by_workflow.csv",
                                   "billing_reconciliation.csv", "messages.csv",
                                   "reconciliation_discrepancies.csv"])
