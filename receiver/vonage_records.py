@@ -97,6 +97,7 @@ CHANNEL_NAMES = {"viber": "viber_service_msg", "viber_service": "viber_service_m
 
 REPORT_NAME = re.compile(r"report_([A-Z][A-Z-]*)_([^_/]*)_(\d{8})\.csv\Z")
 CHUNK = 20_000  # rows per executemany
+CURRENCY = re.compile(r"[A-Z]{3}\Z")  # ISO 4217, as Vonage writes it: amounts group by it
 BULK_CACHE_KIB = 64 * 1024
 ONE_DAY = timedelta(days=1)
 
@@ -225,6 +226,7 @@ def _row_converter(name, header, product, job, where):
         index[c] for c in ("message_id", "date_received", "total_price", "currency", "direction"))
     i_finalized, i_latency, i_provider = (index.get(c, width) for c in ("date_finalized", "latency", "provider"))
     prices = {"": (None, None)}
+    currencies = {""}  # no price, no currency
     channels = {}
     days = set()
     shape = UTC_SHAPE.match
@@ -266,6 +268,11 @@ def _row_converter(name, header, product, job, where):
                 fail(f"total_price {price!r} is not a decimal number such as 0.042 (at most 9 "
                      f"decimal places)")
             price, nano = prices[price] = (price, money.to_nano(price))
+        currency = row[i_currency]
+        if currency not in currencies:
+            if not CURRENCY.match(currency):
+                fail(f"currency {currency!r} is not a three-letter code such as EUR")
+            currencies.add(currency)
         latency = row[i_latency]
         if latency and not latency.isdigit():
             fail(f"latency {latency!r} is not a whole number of milliseconds")
@@ -276,7 +283,7 @@ def _row_converter(name, header, product, job, where):
             channel = channels[provider] = "sms" if product == "SMS" else (
                 CHANNEL_NAMES.get(provider.lower(), provider.lower()) or None)
         return (message_id, import_id, product, *pick(row), finalized or None, channel, received,
-                latency, price, nano, row[i_currency])
+                latency, price, nano, currency)
 
     return convert
 

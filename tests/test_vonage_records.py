@@ -204,6 +204,14 @@ def _price(tmp_path):
                   f"number such as 0.042 (at most 9 decimal places)")
 
 
+def _currency(tmp_path):
+    # Amounts are only ever added up per currency: "eur" beside "EUR" would split a total.
+    records = day_records(range(3))
+    records[2]["currency"] = "eur"
+    path = write_report(tmp_path / "currency.csv", records)
+    return path, "Error: currency.csv: line 4: currency 'eur' is not a three-letter code such as EUR"
+
+
 def _empty(tmp_path):
     path = tmp_path / "empty.csv"
     path.write_bytes(b"")
@@ -231,7 +239,7 @@ def _late_error(tmp_path):
                   f"not a decimal number such as 0.042 (at most 9 decimal places)")
 
 
-BAD = [_no_csv, _voice, _missing_columns, _delimiter, _not_utf8, _price, _empty, _header_only, _range,
+BAD = [_no_csv, _voice, _missing_columns, _delimiter, _not_utf8, _price, _currency, _empty, _header_only, _range,
        _late_error]
 
 
