@@ -553,7 +553,7 @@ def bench_plans(args, bodies, count):
     for authorization, body in make_bodies.read_lines(f"{prefix}.0"):
         delivery = Delivery(body, TARGET_PATH, utcnow(), "127.0.0.1", "wrk", "application/json",
                             authorization or None)
-        signature = verifier.check(delivery.authorization, body, delivery.received_epoch)
+        signature = verifier.check(delivery)
         lines.append((authorization, body))
         plans.append(plan(parse(body), delivery, signature))
         if len(plans) >= count:

@@ -11,6 +11,7 @@ and a ``Stored`` returned. Each figure is the best of ``--repeat`` passes over t
 """
 
 import argparse
+import dataclasses
 import io
 import os
 import sys
@@ -88,7 +89,7 @@ def main(argv=None):
         envs = [environ(auth, body) for auth, body in lines]
         deliveries = [Delivery(body, PATH, utcnow(), "127.0.0.1", "wrk", "application/json", auth)
                       for auth, body in lines]
-        signatures = [verifier.check(d.authorization, d.body, d.received_epoch) for d in deliveries]
+        signatures = [verifier.check(d) for d in deliveries]
         callbacks = [parse(d.body) for d in deliveries]
         plans = [rows.plan(c, d, s) for c, d, s in zip(callbacks, deliveries, signatures)]
 
@@ -100,8 +101,8 @@ def main(argv=None):
                     pass
 
         stages = {
-            "signature check": lambda: [verifier.check(d.authorization, d.body, d.received_epoch)
-                                        for d in deliveries],
+            # A fresh Delivery each time: its body's hash and arrival time are computed once.
+            "signature check": lambda: [verifier.check(dataclasses.replace(d)) for d in deliveries],
             "parse + validate": lambda: [parse(d.body) for d in deliveries],
             "plan rows": lambda: [rows.plan(c, d, s)
                                   for c, d, s in zip(callbacks, deliveries, signatures)],

@@ -101,7 +101,7 @@ def receive():
         return _reject(rejection, delivery, truncated=True, body_bytes=announced or len(body))
     verifier = current_app.extensions["receiver.verifier"]
     try:
-        signature = verifier.check(delivery.authorization, body, delivery.received_epoch)
+        signature = verifier.check(delivery)
         metrics.signature_checked(signature.status)
         callback = parse(body, ENDPOINT_KINDS[request.path])
     except Rejection as rejection:
