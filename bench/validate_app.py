@@ -30,7 +30,7 @@ def create_app():
             return jsonify(code=413, reason="body_too_large"), 413
         delivery = delivery_from_request(body)
         try:
-            verifier.check(delivery.authorization, body, delivery.received_epoch)
+            verifier.check(delivery)
             callback = parse(body, ENDPOINT_KINDS[delivery.endpoint])
         except Rejection as rejection:
             response = jsonify(rejection.as_json())

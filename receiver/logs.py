@@ -44,7 +44,7 @@ def init_app(app, settings):
     @app.before_request
     def start_request():
         g.request_started = time.perf_counter()
-        g.request_id = request_id(request.headers.get(REQUEST_ID_HEADER))
+        g.request_id = request_id(request.environ.get("HTTP_X_REQUEST_ID"))  # X-Request-ID
 
     @app.after_request
     def tag_response(response):

@@ -144,7 +144,7 @@ def reprocess(conn, verifier, *, ids=(), reason=None, dry_run=False, accept_unve
     return result
 
 
-def _signature(verifier, row, raw, received_epoch, accept_unverified):
+def _signature(verifier, row, delivery, accept_unverified):
     """The signature rule the server applied to this body, applied again.
 
     The server checks signatures before it reads the body, so a body refused with another
@@ -156,7 +156,7 @@ def _signature(verifier, row, raw, received_epoch, accept_unverified):
     if http_status != 401 and not authorization:
         return UNSIGNED
     if verifier.basic or verifier.enabled:
-        return verifier.check(authorization, raw, received_epoch)
+        return verifier.check(delivery)
     basic = reason in BASIC_REASONS or (authorization or "").lower().startswith("basic ")
     setting = "RECEIVER_BASIC_AUTH" if basic else "VONAGE_SIGNATURE_SECRET"
     if accept_unverified:
@@ -186,7 +186,7 @@ def reprocess_one(conn, verifier, row, accept_unverified=False):
     raw = body.encode("utf-8") if isinstance(body, str) else (body or b"")
     delivery = store.Delivery(raw, endpoint, received_at, remote_addr, user_agent, content_type, auth)
     try:
-        signature = _signature(verifier, row, raw, delivery.received_epoch, accept_unverified)
+        signature = _signature(verifier, row, delivery, accept_unverified)
         callback = parse(raw, ENDPOINT_KINDS.get(endpoint))
     except Rejection as rejection:
         conn.execute(

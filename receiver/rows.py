@@ -1,8 +1,9 @@
 """The one place that maps a validated callback payload to table rows.
 
 ``plan`` builds, where the request is, everything storing a callback writes: its ``callbacks``
-row, its event rows and its observations of ``messages`` rows, as plain data. The writer
-(store.store_batch) then only runs SQL.
+row and its event rows, as plain data. The writer (store.store_batch) then only runs SQL. The
+observations of ``messages`` rows are made from the stored events, by the projection
+(store.project), never from a plan.
 """
 
 import re
@@ -29,7 +30,7 @@ STATUS_EVENT_COLUMNS = (
 
 def plan(callback, delivery, signature=UNSIGNED):
     """A validated callback and its delivery -> what storing it writes, as plain data:
-    ``{"kind", "sha256", "callback": row values, "event"|"report"+"items", "observations"}``."""
+    ``{"kind", "sha256", "callback": row values, "event"|"report"+"items"}``."""
     sha256 = delivery.sha256
     planned = {
         "kind": callback.kind,
@@ -45,12 +46,10 @@ def plan(callback, delivery, signature=UNSIGNED):
         event = status_event_row(callback)
         event["received_at"] = delivery.received_at
         planned["event"] = event
-        planned["observations"] = [message_from_status(event)]
     else:
         report, items = final_report_rows(callback.data)
         report["received_at"] = delivery.received_at
         planned["report"], planned["items"] = report, items
-        planned["observations"] = [message_from_report_item(item, report) for item in items]
     return planned
 
 # A v1 error's `type` ends in its code: ".../api-errors/messages#1000".

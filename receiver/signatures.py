@@ -9,7 +9,7 @@ skew, not older than the configured age (Vonage retries for 24 hours).
 
 import base64
 import binascii
-import hashlib
+import functools
 import hmac
 import json
 from dataclasses import dataclass
@@ -73,8 +73,23 @@ def _claims_object(segment):
     return value
 
 
-def verify(authorization, body, secrets, *, now, max_age_s, max_skew_s):
-    """Check one callback's token against ``body``; return a Signature or raise Rejection(401).
+@functools.lru_cache(maxsize=64)
+def _algorithm(header_segment):
+    """The ``alg`` of a token's header segment. Every token of a sender has the same header:
+    it is decoded once (a malformed one raises, and is not remembered)."""
+    return _claims_object(header_segment).get("alg")
+
+
+def keys_of(secrets):
+    """(api_key or None, HMAC-SHA256 keyed with the secret) for each of ``secrets``: the key
+    schedule done once, each token's check copies it."""
+    return tuple((api_key, hmac.new(secret.encode(), digestmod="sha256"))
+                 for api_key, secret in secrets)
+
+
+def verify(authorization, body_sha256, keys, *, now, max_age_s, max_skew_s):
+    """Check one callback's token against its body's hex SHA-256; return a Signature or raise
+    Rejection(401). ``keys`` are ``keys_of(secrets)``.
 
     ``now`` is the Unix time the callback arrived (for reprocessing, its original arrival).
     A JWS compact token is verified directly: the header must say HS256 before any key is
@@ -89,30 +104,26 @@ def verify(authorization, body, secrets, *, now, max_age_s, max_skew_s):
         raise _refuse("missing_token", "The Authorization header is not 'Bearer <JWT>'.")
     try:
         header_segment, payload_segment, signature_segment = token.split(".")
-        header = _claims_object(header_segment)
+        algorithm = _algorithm(header_segment)
         claims = _claims_object(payload_segment)
     except (ValueError, binascii.Error, RecursionError):
         raise _refuse("malformed_token", "The bearer token is not a well-formed JWT.") from None
-    if header.get("alg") != ALGORITHM:
-        raise _refuse("bad_algorithm", f"Token algorithm {header.get('alg')!r} refused; only HS256.")
+    if algorithm != ALGORITHM:
+        raise _refuse("bad_algorithm", f"Token algorithm {algorithm!r} refused; only HS256.")
     try:
         signature = _b64decode(signature_segment)
     except (ValueError, binascii.Error):
         raise _refuse("bad_signature", "The token's signature is missing or not base64url.") from None
     api_key = claims.get("api_key")
-    candidates = [s for key, s in secrets if key is None or key == api_key]
+    candidates = [mac for key, mac in keys if key is None or key == api_key]
     if not candidates:
         raise _refuse("unknown_api_key", f"No signature secret configured for api_key {api_key!r}.")
     signed = f"{header_segment}.{payload_segment}".encode("ascii")
-    if not any(
-        hmac.compare_digest(hmac.digest(secret.encode(), signed, "sha256"), signature)
-        for secret in candidates
-    ):
+    if not any(hmac.compare_digest(_digest(mac, signed), signature) for mac in candidates):
         raise _refuse("bad_signature", "The token's signature does not verify with the secret.")
-    expected = hashlib.sha256(body).hexdigest()
     claimed = claims.get("payload_hash")
     if not isinstance(claimed, str) or not hmac.compare_digest(
-        claimed.lower().encode("utf-8", "replace"), expected.encode()
+        claimed.lower().encode("utf-8", "replace"), body_sha256.encode()
     ):
         raise _refuse("payload_hash_mismatch",
                       "The token's payload_hash does not match the SHA-256 of the body.")
@@ -133,6 +144,12 @@ def verify(authorization, body, secrets, *, now, max_age_s, max_skew_s):
         "verified", api_key=_text(api_key), application_id=_text(claims.get("application_id")),
         jti=_text(claims.get("jti")), iat=int(iat), clock_skew_s=round(skew, 3),
     )
+
+
+def _digest(mac, message):
+    mac = mac.copy()
+    mac.update(message)
+    return mac.digest()
 
 
 def _number_between(value, now, claim):
@@ -171,6 +188,7 @@ class Verifier:
     def __init__(self, settings):
         self.basic = settings.basic_auth.encode("utf-8") if settings.basic_auth else b""
         self.secrets = parse_secrets(settings.signature_secret, settings.signature_secrets)
+        self.keys = keys_of(self.secrets)
         self.max_age_s = settings.signature_max_age_s
         self.max_skew_s = settings.signature_max_skew_s
 
@@ -178,17 +196,19 @@ class Verifier:
     def enabled(self):
         return bool(self.secrets)
 
-    def check(self, authorization, body, now):
-        """Signature of a callback that arrived at Unix time ``now``; Rejection(401) if forged.
+    def check(self, delivery):
+        """Signature of a callback's delivery (store.Delivery: its Authorization, its body's
+        hash, its arrival time); Rejection(401) if forged.
 
         With no secret configured nothing is checked: the result says so (``unsigned``, or
         ``not_checked`` when a token came that could not be checked).
         """
+        authorization = delivery.authorization
         if self.basic:
             return check_basic(authorization, self.basic)
         if not self.enabled:
             return Signature("not_checked") if authorization else UNSIGNED
-        return verify(authorization, body, self.secrets, now=now,
+        return verify(authorization, delivery.sha256, self.keys, now=delivery.received_epoch,
                       max_age_s=self.max_age_s, max_skew_s=self.max_skew_s)
 
     def describe(self):

@@ -11,7 +11,7 @@ import json
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 from . import money, rows
 from .schemas import FAILED_RANKS, format_timestamp
@@ -36,13 +36,15 @@ class Delivery:
     content_type: str | None = None
     authorization: str | None = None
 
-    @property
+    # Computed once per delivery (the signature check, the plan and the metrics read them).
+    @cached_property
     def received_epoch(self):
         """``received_at`` as Unix seconds."""
         return datetime.fromisoformat(self.received_at).timestamp()  # 'Z' is UTC (3.11+)
 
-    @property
+    @cached_property
     def sha256(self):
+        """The hex SHA-256 of the body: its key in ``callbacks``, its token's payload_hash."""
         return hashlib.sha256(self.body).hexdigest()
 
 

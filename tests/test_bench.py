@@ -90,8 +90,27 @@ def test_bench_prints_the_table_on_both_disks(tmp_path):
         assert runs[disk, "receiver"]["receiver_check"]["ok"]
         assert runs[disk, "receiver"]["syncs"]["total"] > 0
         assert runs[disk, "textbook"]["syncs"]["total"] > 0
+        # The HTTP workers' share of the CPU per request (issue 17 item 4), less than the tree's.
+        cpu = runs[disk, "receiver"]["cpu"]
+        assert 0 < cpu["http_workers_ms_per_request"] < cpu["worker_ms_per_request"]
     # The textbook syncs once a request: on the slow disk each waits the shim's 50 ms at least.
     assert runs["slow", "textbook"]["latency_ms"]["p50"] >= 50
     assert results["writer_alone"]["callbacks"] == 300
     assert results["storage_per_callback"]["textbook"]["pages"] > 0
     print(f"bench smoke run: {time.monotonic() - started:.0f} s")
+
+
+def test_worker_cost_prints_each_stage_of_a_request():
+    """`bench/worker_cost.py` on a few bodies: exit 0, a positive CPU figure for each stage of
+    a worker's request and for the whole Flask request, which costs more than any one stage."""
+    done = subprocess.run([sys.executable, "bench/worker_cost.py", "--count", "40", "--repeat", "1"],
+                          cwd=bench.REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    figures = {}
+    for line in done.stdout.splitlines()[1:]:
+        name, _, value = line.strip().rpartition(" ")
+        figures[name.strip()] = float(value)
+    assert set(figures) == {"signature check", "parse + validate", "plan rows", "frame to writer",
+                            "whole request"}
+    assert all(value > 0 for value in figures.values())
+    assert figures["whole request"] > max(v for k, v in figures.items() if k != "whole request")
