@@ -41,10 +41,15 @@ def signed_format(expression):
 # SMS and MMS are charged when submitted; WhatsApp, Viber and Messenger when delivered
 # (Vonage's Messages status-callback concept page). A delivered message whose submitted
 # callback never came is still charged, at the earliest later status.
-CHARGED_AT = """CASE
-    WHEN channel IN ('sms', 'mms') THEN coalesce(submitted_at, delivered_at, read_at)
-    ELSE coalesce(delivered_at, read_at)
+def charged_at(prefix=""):
+    """SQL: when a ``messages`` row (columns prefixed ``prefix``) was charged; NULL: not charged."""
+    return f"""CASE
+    WHEN {prefix}channel IN ('sms', 'mms') THEN coalesce({prefix}submitted_at, {prefix}delivered_at, {prefix}read_at)
+    ELSE coalesce({prefix}delivered_at, {prefix}read_at)
 END"""
+
+
+CHARGED_AT = charged_at()
 
 CHARGED_STATUS = """CASE
     WHEN channel IN ('sms', 'mms') THEN
@@ -359,15 +364,21 @@ def _case(expression, mapping):
 VONAGE_OUTCOME = _case("lower(r.status)", {k: OUTCOME[v] for k, v in VONAGE_STATUS_AS_OURS.items()})
 OUR_OUTCOME = _case("m.status", OUTCOME)
 
+def billed(column):
+    """SQL: ``column`` of our message ``m``'s billing line (its billing_lines row, read from
+    ``m`` itself: one lookup less per record), NULL when ``m`` was not charged."""
+    return f"CASE WHEN ({charged_at('m.')}) IS NOT NULL THEN m.{column} END"
+
+
 # One class per message, the first that applies: no_callbacks (Vonage has it, no status
 # callback of ours: no messages row, or one made from a Dispatch final report alone),
 # currency_differs (both priced, in two currencies), price_differs (a missing price counts as
 # zero), status_differs (outcomes differ), else match. not_in_vonage_records is the other half.
 RECONCILIATION_CLASS = f"""CASE
     WHEN m.message_uuid IS NULL OR m.event_count = 0 THEN 'no_callbacks'
-    WHEN r.price_nano IS NOT NULL AND b.price_nano IS NOT NULL AND r.currency <> b.currency
-        THEN 'currency_differs'
-    WHEN coalesce(r.price_nano, 0) <> coalesce(b.price_nano, 0) THEN 'price_differs'
+    WHEN r.price_nano IS NOT NULL AND {billed('price_nano')} IS NOT NULL
+        AND r.currency <> {billed('currency')} THEN 'currency_differs'
+    WHEN coalesce(r.price_nano, 0) <> coalesce({billed('price_nano')}, 0) THEN 'price_differs'
     WHEN ({VONAGE_OUTCOME}) <> ({OUR_OUTCOME}) THEN 'status_differs'
     ELSE 'match'
 END"""
@@ -375,31 +386,54 @@ CLASSES = ("match", "price_differs", "currency_differs", "status_differs", "no_c
            "not_in_vonage_records")
 
 
-def _reconciliation(record_side):
-    """The raw columns of vonage_reconciliation over a record ``r``, our message ``m`` and its
-    billing line ``b``; without ``record_side`` every column of ``r`` reads NULL."""
-    select = f"""
-    coalesce(r.message_id, m.message_uuid) AS message_uuid,
-    {RECONCILIATION_CLASS if record_side else "'not_in_vonage_records'"} AS class,
-    date(coalesce(r.date_received, m.first_seen_at, m.final_report_at)) AS day,
-    coalesce(r.date_received, m.first_seen_at, m.final_report_at) AS sent_at,
-    m.api,
-    coalesce(m.dispatch_uuid, m.workflow_id) AS workflow_id,
-    coalesce(m.channel, r.channel) AS channel,
-    r.status AS vonage_status,
-    m.status AS our_status,
-    r.price AS vonage_price,
-    r.price_nano AS vonage_price_nano,
-    r.currency AS vonage_currency,
-    b.price AS billed_price,
-    b.price_nano AS billed_price_nano,
-    b.currency AS billed_currency,
-    m.event_count AS status_callbacks,
-    r.import_id,
-    r.product AS vonage_product,
-    r.error_code AS vonage_error_code,
-    coalesce(r.client_ref, m.client_ref) AS client_ref"""
-    return select if record_side else re.sub(r"\br\.\w+", "NULL", select)
+# The raw columns of vonage_reconciliation over a record ``r``, our message ``m`` and its
+# billing line (``billed``).
+RAW_COLUMNS = {
+    "message_uuid": "coalesce(r.message_id, m.message_uuid)",
+    "class": RECONCILIATION_CLASS,
+    "day": "date(coalesce(r.date_received, m.first_seen_at, m.final_report_at))",
+    "sent_at": "coalesce(r.date_received, m.first_seen_at, m.final_report_at)",
+    "api": "m.api",
+    "workflow_id": "coalesce(m.dispatch_uuid, m.workflow_id)",
+    "channel": "coalesce(m.channel, r.channel)",
+    "vonage_status": "r.status",
+    "our_status": "m.status",
+    "vonage_price": "r.price",
+    "vonage_price_nano": "r.price_nano",
+    "vonage_currency": "r.currency",
+    "billed_price": billed("price"),
+    "billed_price_nano": billed("price_nano"),
+    "billed_currency": billed("currency"),
+    "status_callbacks": "m.event_count",
+    "import_id": "r.import_id",
+    "vonage_product": "r.product",
+    "vonage_error_code": "r.error_code",
+    "client_ref": "coalesce(r.client_ref, m.client_ref)",
+}
+
+
+def _reconciliation_rows(columns=tuple(RAW_COLUMNS)):
+    """SQL: one row per record and per message of ours in an import's range not recorded,
+    with only ``columns`` of RAW_COLUMNS: SQLite (3.40) computes every column of a UNION ALL
+    subquery, so the totals read a narrow copy instead of vonage_reconciliation.
+    Our messages not recorded are class not_in_vonage_records and read every ``r`` column NULL."""
+    def select(record_side):
+        picked = {name: RAW_COLUMNS[name] for name in columns}
+        if not record_side:
+            picked = {name: re.sub(r"\br\.\w+", "NULL", expression)
+                      for name, expression in picked.items()}
+            if "class" in picked:
+                picked["class"] = "'not_in_vonage_records'"
+        return ",\n    ".join(f"{expression} AS {name}" for name, expression in picked.items())
+    return f"""
+    SELECT {select(True)}
+    FROM vonage_records r
+    LEFT JOIN messages m ON m.message_uuid = r.message_id
+    UNION ALL
+    SELECT {select(False)}
+    FROM messages m
+    WHERE NOT EXISTS (SELECT 1 FROM vonage_records x WHERE x.message_id = m.message_uuid)
+      AND {COVERING_IMPORT}"""
 
 
 # Columns worked out from the raw ones outside the UNION ALL, so that a query reading few
@@ -415,23 +449,15 @@ SELECT message_uuid, class, day, sent_at, api, workflow_id, channel, vonage_stat
     {signed_format(DIFFERENCE_NANO)} AS difference,
     {DIFFERENCE_NANO} AS difference_nano,
     status_callbacks, import_id, vonage_product, vonage_error_code, client_ref
-FROM (
-    SELECT {_reconciliation(True)}
-    FROM vonage_records r
-    LEFT JOIN messages m ON m.message_uuid = r.message_id
-    LEFT JOIN billing_lines b ON b.message_uuid = r.message_id
-    UNION ALL
-    SELECT {_reconciliation(False)}
-    FROM messages m
-    LEFT JOIN billing_lines b ON b.message_uuid = m.message_uuid
-    WHERE NOT EXISTS (SELECT 1 FROM vonage_records x WHERE x.message_id = m.message_uuid)
-      AND {COVERING_IMPORT}
+FROM ({_reconciliation_rows()}
 )
 """
 
 
-def _per_currency(keys, where="", extra_pairs="", extra_lines="", extra_blanks="", extra_totals=""):
-    """SQL: vonage_reconciliation summed per ``keys`` and currency, never across currencies.
+def _per_currency(keys, where="", extra_pairs="", extra_lines="", extra_blanks="", extra_totals="",
+                  extra_columns=()):
+    """SQL: vonage_reconciliation summed per ``keys`` and currency, never across currencies,
+    read from its rows with only the columns needed (``keys``, ``extra_columns``, the totals').
 
     First per ``keys`` and currency pair (one scan of the view, materialized: small), then as
     lines of one currency each: the pair's own (Vonage's currency, else ours) with both
@@ -440,6 +466,8 @@ def _per_currency(keys, where="", extra_pairs="", extra_lines="", extra_blanks="
     counts = [f"sum(class = '{c}') AS {c}" for c in CLASSES]
     same = "vc IS NULL OR bc IS NULL OR vc = bc"
     keys_list = ", ".join(keys)
+    columns = (*keys, *extra_columns, "class", "vonage_currency", "billed_currency", "import_id",
+               "vonage_price_nano", "billed_price_nano")
     return f"""
 WITH pairs AS MATERIALIZED (
     SELECT {keys_list}, vonage_currency AS vc, billed_currency AS bc,
@@ -450,7 +478,8 @@ WITH pairs AS MATERIALIZED (
         count(billed_price_nano) AS billed_messages,
         sum(billed_price_nano) AS billed_nano,
         {", ".join(counts)}{extra_pairs}
-    FROM vonage_reconciliation {where}
+    FROM ({_reconciliation_rows(columns)}
+    ) {where}
     GROUP BY {keys_list}, vc, bc
 ),
 lines AS (
@@ -490,6 +519,7 @@ WORKFLOW_TOTALS = _per_currency(
         group_concat(CASE WHEN status_callbacks > 0 THEN channel END) AS our_channels""",
     extra_lines=", first_sent_at, legs_with_callbacks, vonage_channels, our_channels",
     extra_blanks=", first_sent_at, 0, NULL, NULL",
+    extra_columns=("sent_at", "status_callbacks", "channel"),
     extra_totals=""",
     min(first_sent_at) AS first_sent_at, sum(legs_with_callbacks) AS legs_with_callbacks,
     group_concat(vonage_channels) AS vonage_channels, group_concat(our_channels) AS our_channels""",
