@@ -151,8 +151,9 @@ def test_kill_9_of_the_writer_under_load(tmp_path):
     assert serving not in kills and with_database_open == [serving], (after, kills)
     assert len(pids) == 2 and not set(pids) & set(kills), (after, kills)
     for failed, back in outages:
-        # The standby takes over: no Python start-up to wait for.
-        assert back is not None and back < 2, f"service back {back} s after the kill"
+        # The standby takes over: no Python start-up to wait for (measured back in 0.06-0.19 s
+        # with it, 1.1-1.7 s without it on this 2-core host).
+        assert back is not None and back < 1, f"service back {back} s after the kill"
     for status, seconds, body in health:
         assert (status, body["status"]) == (503, "unavailable") or status == 200, body
         assert seconds < FAST_S, f"/healthz took {seconds} s while the writer was down"
