@@ -805,8 +805,7 @@ class RemoteWriter:
         frame = encode_request(operation, args, kwargs)
         deadline = time.monotonic() + self.settings.commit_timeout_s
         try:
-            conn = self._connection(self.alive())
-            self._send(conn, _LENGTH.pack(len(frame)) + frame, deadline)
+            conn = self._send_on_a_live_connection(_LENGTH.pack(len(frame)) + frame, deadline)
             status, value = json.loads(self._receive(conn, deadline))
         except (ConnectionRefusedError, FileNotFoundError):
             self._drop()  # the socket of a writer that died: its successor is starting
@@ -822,6 +821,23 @@ class RemoteWriter:
         if status == "write_failed":
             raise WriteFailed(value)
         raise StorageError(value)
+
+    def _send_on_a_live_connection(self, data, deadline):
+        """Send ``data`` on this thread's connection, and once more on a new one when the kept
+        connection turns out to lead to a writer that has since died (a broken pipe or reset
+        while sending): a frame the writer did not wholly receive is never stored, so sending
+        it again cannot store it twice. Returns the connection that took it."""
+        reused = getattr(self._local, "conn", None) is not None
+        conn = self._connection(self.alive())
+        try:
+            self._send(conn, data, deadline)
+        except (BrokenPipeError, ConnectionResetError):
+            if not reused:
+                raise
+            self._drop()
+            conn = self._connection(self.alive())
+            self._send(conn, data, deadline)
+        return conn
 
     def _waited(self, deadline):
         """After a timed-out send or recv: raise if the writer died, hung or took too long."""
