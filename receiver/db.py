@@ -308,20 +308,14 @@ PROJECTION = [
     """INSERT OR IGNORE INTO projection (id, status_event_id, final_report_id) VALUES (1,
         (SELECT coalesce(max(id), 0) FROM status_events),
         (SELECT coalesce(max(id), 0) FROM final_reports))""",
-    """CREATE TRIGGER IF NOT EXISTS projection_status_events_pruned
-    AFTER DELETE ON status_events
-    WHEN old.id >= (SELECT status_event_id FROM projection WHERE id = 1)
+    *(f"""CREATE TRIGGER IF NOT EXISTS projection_{table}_pruned
+    AFTER DELETE ON {table}
+    WHEN old.id >= (SELECT {position} FROM projection WHERE id = 1)
     BEGIN
-        UPDATE projection SET status_event_id = (SELECT coalesce(max(id), 0) FROM status_events)
-        WHERE id = 1 AND status_event_id > (SELECT coalesce(max(id), 0) FROM status_events);
-    END""",
-    """CREATE TRIGGER IF NOT EXISTS projection_final_reports_pruned
-    AFTER DELETE ON final_reports
-    WHEN old.id >= (SELECT final_report_id FROM projection WHERE id = 1)
-    BEGIN
-        UPDATE projection SET final_report_id = (SELECT coalesce(max(id), 0) FROM final_reports)
-        WHERE id = 1 AND final_report_id > (SELECT coalesce(max(id), 0) FROM final_reports);
-    END""",
+        UPDATE projection SET {position} = (SELECT coalesce(max(id), 0) FROM {table})
+        WHERE id = 1 AND {position} > (SELECT coalesce(max(id), 0) FROM {table});
+    END""" for table, position in (("status_events", "status_event_id"),
+                                   ("final_reports", "final_report_id"))),
 ]
 
 

@@ -103,10 +103,7 @@ def test_the_dashboard_and_the_billing_pages_link_to_the_month_totals(billed, mo
     from test_datasette import DB_NAME, Client
 
     monkeypatch.delenv("DATASETTE_PASSWORD_HASH", raising=False)
-    served = billed.parent / f"{DB_NAME}.db"
-    with closing(sqlite3.connect(billed)) as source, closing(sqlite3.connect(served)) as copy:
-        source.backup(copy)
-    client = Client(served)
+    client = Client.of_copy(billed)
     try:
         dashboard = client.get("/-/dashboards/callbacks").text
         assert "/-/receiver/billing_by_month" in dashboard

@@ -3,8 +3,6 @@ take for a formula starts with a single quote, in `receiver export` and in Datas
 
 import csv
 import io
-import sqlite3
-from contextlib import closing
 
 import pytest
 
@@ -101,10 +99,7 @@ def test_datasette_csv_is_neutralised(hostile, monkeypatch, path):
     from test_datasette import DB_NAME, Client
 
     monkeypatch.delenv("DATASETTE_PASSWORD_HASH", raising=False)
-    served = hostile.parent / f"{DB_NAME}.db"
-    with closing(sqlite3.connect(hostile)) as source, closing(sqlite3.connect(served)) as copy:
-        source.backup(copy)
-    client = Client(served)
+    client = Client.of_copy(hostile)
     try:
         for query in ("", "?_stream=on&_size=max", "?_dl=1"):
             response = client.get(f"/{DB_NAME}/{path}{query}")

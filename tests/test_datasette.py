@@ -61,6 +61,14 @@ class Client:
                             settings=command_settings())
         self.loop = asyncio.new_event_loop()
 
+    @classmethod
+    def of_copy(cls, db_path):
+        """A client of a copy of ``db_path`` named as the metadata expects (DB_NAME)."""
+        served = Path(db_path).parent / f"{DB_NAME}.db"
+        with closing(sqlite3.connect(db_path)) as source, closing(sqlite3.connect(served)) as copy:
+            source.backup(copy)
+        return cls(served)
+
     def get(self, path, **kwargs):
         return self.loop.run_until_complete(self.ds.client.get(path, **kwargs))
 

@@ -118,10 +118,7 @@ def test_why_a_messages_message_failed_is_where_support_looks(post, db_path, mon
                  final_report(d, [], status="error")]:
         assert post(body).status_code == 200
     monkeypatch.delenv("DATASETTE_PASSWORD_HASH", raising=False)
-    served = db_path.parent / f"{DB_NAME}.db"
-    with closing(sqlite3.connect(db_path)) as source, closing(sqlite3.connect(served)) as copy:
-        source.backup(copy)
-    client = Client(served)
+    client = Client.of_copy(db_path)
     try:
         timeline = client.query("dispatch_timeline", dispatch_uuid=w)
         assert {(r["error_code"], r["error_reason"]) for r in timeline if r["status"] == "rejected"} == {
