@@ -385,12 +385,8 @@ def _bulk_transaction(conn):
     conn.execute("BEGIN")  # deferred, and only the temporary table is written: no lock taken
     try:
         yield conn
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
     finally:
-        if conn.in_transaction:
+        if conn.in_transaction:  # a failure (or an early return) before publishing
             conn.execute("ROLLBACK")
         conn.execute("DROP TABLE IF EXISTS temp.staged_records")
         conn.execute(f"PRAGMA temp_store = {temp_store}")

@@ -2,13 +2,15 @@
 once per message, one transaction per file, against files in Vonage's format and a real HTTP
 server answering as the Reports API does."""
 
+import sqlite3
 import subprocess
 import zipfile
+from contextlib import closing
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from receiver import vonage_records
+from receiver import db, vonage_records
 from testing.processes import VENV_BIN, receiver_environment
 from testing.vonage_reports import (API_SECRET, ReportsAPI, record, records_answer, report_name,
                                     write_csv, write_zip)
@@ -351,11 +353,6 @@ def test_config_hides_the_api_secret(runner, monkeypatch):
 def test_the_database_takes_writes_while_a_file_is_read(db_path, rows, tmp_path):
     """The rows are checked and staged before the write lock is taken: while a file is read,
     another connection (the receiver's writer) can still commit at once."""
-    import sqlite3
-    from contextlib import closing
-
-    from receiver import db
-
     path = write_zip(tmp_path / "MESSAGES_x.zip", day_records(range(30_000)))
     committed = []
     with closing(sqlite3.connect(str(db_path), timeout=0, isolation_level=None)) as writer, \
