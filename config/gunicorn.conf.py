@@ -9,6 +9,7 @@ import os
 import sys
 
 from receiver.config import load_settings
+from receiver.logs import ACCESS_LOG_FORMAT
 
 try:
     _settings = load_settings()
@@ -43,7 +44,7 @@ max_requests_jitter = max_requests // 10
 accesslog = _settings.access_log or None
 errorlog = "-"
 loglevel = _settings.log_level.lower()
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms "%(a)s"'
+access_log_format = ACCESS_LOG_FORMAT
 # Plain text, or one JSON object per line with RECEIVER_LOG_FORMAT=json (receiver/logs.py).
 logger_class = "receiver.logs.GunicornLogger"
 

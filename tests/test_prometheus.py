@@ -8,6 +8,7 @@ once (so many workers serve them), then each test reads what it must show. Its l
 
 import http.client
 import json
+import re
 import os
 import shutil
 import signal
@@ -314,8 +315,12 @@ def test_json_logs_give_one_line_per_callback_outcome(receiver):
     # gunicorn's access log: a JSON line per request, with the same request id.
     access = {line["request_id"]: line for line in lines if line["logger"] == "gunicorn.access"}
     for line in outcomes:
-        assert access[line["request_id"]]["status"] == line["http_status"]
-        assert access[line["request_id"]]["path"] == "/webhooks/vonage"
+        entry = access[line["request_id"]]
+        assert entry["status"] == line["http_status"]
+        assert entry["path"] == "/webhooks/vonage"
+        assert entry["message"] == "POST /webhooks/vonage HTTP/1.1"
+        assert (entry["method"], entry["query"], entry["remote_addr"]) == ("POST", "", "127.0.0.1")
+        assert entry["bytes"] > 0 and entry["duration_ms"] > 0 and entry["user_agent"], entry
     # and its error log.
     assert any(line["logger"] == "gunicorn.error" and "Booting worker" in line["message"]
                for line in lines)
@@ -326,10 +331,11 @@ def test_plain_text_logs_are_the_default(tmp_path):
                       GUNICORN_ACCESS_LOG="-").start(timeout=60)
     try:
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-        conn.request("POST", "/webhooks/vonage", b"{not json",
-                     {"Content-Type": "application/json", "X-Request-ID": "plain-1"})
+        conn.request("POST", "/webhooks/vonage?x=1", b"{not json",
+                     {"Content-Type": "application/json", "X-Request-ID": "plain-1",
+                      "User-Agent": "plain-test/1"})
         response = conn.getresponse()
-        response.read()
+        sent = len(response.read())
         assert response.status == 400
         assert response.getheader("X-Request-ID") == "plain-1"
         conn.close()
@@ -338,7 +344,12 @@ def test_plain_text_logs_are_the_default(tmp_path):
     lines = server.output().split("\n===== start #1", 1)[1].splitlines()[1:]
     assert lines and not any(line.startswith("{") for line in lines), lines
     assert any("[INFO] Booting worker" in line for line in lines)
-    assert any('"POST /webhooks/vonage HTTP/1.1" 400' in line for line in lines)
+    # The access log's line: client, request line, status, bytes sent, milliseconds, user agent.
+    access = [line for line in lines if "/webhooks/vonage?x=1" in line]
+    assert len(access) == 1, lines
+    assert re.fullmatch(r'127\.0\.0\.1 "POST /webhooks/vonage\?x=1 HTTP/1\.1" 400 (\d+) \d+ms '
+                        r'"plain-test/1"', access[0]), access
+    assert int(access[0].split(" ")[5]) == sent
     assert any("invalid_json" in line and "kept as rejected_callbacks/1" in line
                and "[request plain-1]" in line for line in lines), lines
 
