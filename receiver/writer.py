@@ -580,6 +580,7 @@ class WriterServer:
 
     def __init__(self, settings, path):
         self.writer = GroupCommitWriter(settings, deferred=True)
+        self.window_s = settings.commit_window_ms / 1000
         self.path = path
         self.max_frame = max_frame(settings)
         _private_directory(os.path.dirname(path))
@@ -658,6 +659,21 @@ class WriterServer:
 
     def _serve_once(self, selector, buffers, timeout):
         batch = []
+        self._read(selector, buffers, timeout, batch)
+        # The commit window: once a request has come, wait a little for others to share its
+        # commit (RECEIVER_COMMIT_WINDOW_MS), unless a whole batch is already here.
+        window_ends = time.monotonic() + self.window_s
+        while batch and len(batch) < self.writer.settings.max_batch:
+            left = window_ends - time.monotonic()
+            if left <= 0:
+                break
+            self._read(selector, buffers, left, batch)
+        if batch:
+            self._commit_and_answer(batch)
+
+    def _read(self, selector, buffers, timeout, batch):
+        """Accept connections and move the complete requests that arrive within ``timeout``
+        into ``batch``."""
         for key, _ in selector.select(timeout=timeout):
             if key.fileobj is self.listener:
                 try:
@@ -683,8 +699,6 @@ class WriterServer:
                 selector.unregister(conn)
                 del buffers[conn]
                 conn.close()
-        if batch:
-            self._commit_and_answer(batch)
 
     def _take_frames(self, conn, buffer, batch):
         """Move the complete frames in ``buffer`` into ``batch``; False to drop the connection."""
