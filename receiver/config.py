@@ -35,8 +35,9 @@ class Settings:
     commit_timeout_s: float = 10.0
     # Most callbacks one group commit takes at once.
     max_batch: int = 256
-    # How long the writer process waits, once a callback has come, for others to share its
-    # commit (fewer, bigger commits: less CPU and fewer fsyncs per callback; bench/README.md).
+    # The writer process begins its commits at least this far apart: a callback that comes
+    # sooner waits, and those that come meanwhile share its commit (fewer, bigger commits: less
+    # CPU and fewer fsyncs per callback under load; bench/README.md). 0: no waiting.
     commit_window_ms: float = 1.0
     # Number of proxies in front of the receiver whose X-Forwarded-For to trust (0: none).
     proxy_hops: int = 0

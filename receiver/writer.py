@@ -581,6 +581,7 @@ class WriterServer:
     def __init__(self, settings, path):
         self.writer = GroupCommitWriter(settings, deferred=True)
         self.window_s = settings.commit_window_ms / 1000
+        self.last_commit = 0.0  # time.monotonic() when the latest commit began
         self.path = path
         self.max_frame = max_frame(settings)
         _private_directory(os.path.dirname(path))
@@ -660,15 +661,18 @@ class WriterServer:
     def _serve_once(self, selector, buffers, timeout):
         batch = []
         self._read(selector, buffers, timeout, batch)
-        # The commit window: once a request has come, wait a little for others to share its
-        # commit (RECEIVER_COMMIT_WINDOW_MS), unless a whole batch is already here.
-        window_ends = time.monotonic() + self.window_s
+        # The commit window (RECEIVER_COMMIT_WINDOW_MS): commits begin at least this far apart.
+        # Requests that come sooner after the last one wait for the rest of the window, and
+        # those arriving meanwhile share their commit; after a quiet spell, or when a commit
+        # takes longer than the window (a slow disk), nothing waits.
+        window_ends = self.last_commit + self.window_s
         while batch and len(batch) < self.writer.settings.max_batch:
             left = window_ends - time.monotonic()
             if left <= 0:
                 break
             self._read(selector, buffers, left, batch)
         if batch:
+            self.last_commit = time.monotonic()
             self._commit_and_answer(batch)
 
     def _read(self, selector, buffers, timeout, batch):

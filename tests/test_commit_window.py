@@ -7,6 +7,7 @@ Real gunicorn and writer process; the batches are read from /metrics
 
 import http.client
 import threading
+import time
 
 import pytest
 import requests
@@ -66,6 +67,26 @@ def test_callbacks_within_the_window_share_a_commit(tmp_path, window_ms, most_co
     assert writes - writes_before >= CALLBACKS
     # /healthz probes during start-up may share a batch too: count the callbacks' commits only.
     assert least_commits <= commits - commits_before <= most_commits + 1, (commits, writes)
+
+
+def test_a_callback_after_a_quiet_spell_does_not_wait(tmp_path):
+    """The window only holds callbacks that come soon after the previous commit began."""
+    server = Gunicorn(tmp_path / "events.db", tmp_path / "gunicorn.log", workers=1,
+                      RECEIVER_COMMIT_WINDOW_MS=1000).start(timeout=60)
+    try:
+        bodies = Bodies(seed=6)
+        waits = []
+        for _ in range(3):
+            time.sleep(1.2)  # longer than the window since the previous commit
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+            outcome, _ = post(conn, bodies.next())
+            conn.close()
+            assert outcome.status == 200
+            waits.append(outcome.ended - outcome.started)
+    finally:
+        assert not server.stop()
+    # Held for the window, each would take a second or more.
+    assert max(waits) < 0.8, waits
 
 
 def test_the_window_is_a_checked_setting(tmp_path):
