@@ -393,17 +393,24 @@ def _update_sql(table, columns):
     return f"UPDATE {table} SET {', '.join(f'{c} = ?' for c in columns)} WHERE {key} = ?"
 
 
-def _refresh(conn, table, select, params):
+@lru_cache(maxsize=None)
+def _beside_stored(table, select, key):
+    """SQL: the row ``select`` recomputes, then the stored row of the same key (NULLs if none)."""
+    columns = REFRESHED_COLUMNS[table]
+    return (f"SELECT new.*, {', '.join(f'old.{c}' for c in columns)} FROM ({select}) AS new "
+            f"LEFT JOIN {table} AS old ON old.{columns[0]} = :{key}")
+
+
+def _refresh(conn, table, select, key, value):
     """Write the row ``select`` recomputes into ``table`` only where it differs from the stored
     one: inserted when new, updated in its changed columns only, left alone when equal (an
     UPDATE rewrites the row and the index entries of every column it names, equal or not)."""
-    new = conn.execute(select, params).fetchone()
-    if new is None:
+    row = conn.execute(_beside_stored(table, select, key), {key: value}).fetchone()
+    if row is None:
         return
     columns = REFRESHED_COLUMNS[table]
-    old = conn.execute(f"SELECT {', '.join(columns)} FROM {table} WHERE {columns[0]} = ?",
-                       (new[0],)).fetchone()
-    if old is None:
+    new, old = row[:len(columns)], row[len(columns):]
+    if old[0] is None:
         conn.execute(_insert_sql(table, columns), dict(zip(columns, new)))
     elif old != new:
         changed = [(c, value) for c, was, value in zip(columns, old, new) if was != value]
@@ -414,13 +421,13 @@ def _refresh(conn, table, select, params):
 def refresh_dispatch(conn, dispatch_uuid):
     """Recompute the ``dispatches`` row of one dispatch from its messages and final reports,
     and its ``workflows`` row from that."""
-    _refresh(conn, "dispatches", REFRESH_DISPATCH, {"d": dispatch_uuid})
-    _refresh(conn, "workflows", REFRESH_DISPATCH_WORKFLOW, {"d": dispatch_uuid})
+    _refresh(conn, "dispatches", REFRESH_DISPATCH, "d", dispatch_uuid)
+    _refresh(conn, "workflows", REFRESH_DISPATCH_WORKFLOW, "d", dispatch_uuid)
 
 
 def refresh_messages_workflow(conn, workflow_id):
     """Recompute the ``workflows`` row of one Messages failover workflow from its legs."""
-    _refresh(conn, "workflows", REFRESH_MESSAGES_WORKFLOW, {"w": workflow_id})
+    _refresh(conn, "workflows", REFRESH_MESSAGES_WORKFLOW, "w", workflow_id)
 
 
 def refresh_all_workflows(conn):
@@ -428,7 +435,7 @@ def refresh_all_workflows(conn):
     for (dispatch_uuid,) in conn.execute(
         f"SELECT dispatch_uuid FROM dispatches WHERE dispatch_uuid NOT IN {_pruned('workflows')}"
     ).fetchall():
-        _refresh(conn, "workflows", REFRESH_DISPATCH_WORKFLOW, {"d": dispatch_uuid})
+        _refresh(conn, "workflows", REFRESH_DISPATCH_WORKFLOW, "d", dispatch_uuid)
     workflow_ids = conn.execute(
         "SELECT DISTINCT workflow_id FROM messages WHERE workflow_id IS NOT NULL "
         f"AND dispatch_uuid IS NULL AND workflow_id NOT IN {_pruned('workflows')}").fetchall()
@@ -512,7 +519,7 @@ def rebuild_derived(conn):
         f"EXCEPT SELECT key FROM {_pruned('dispatches')}"
     ).fetchall()
     for (dispatch_uuid,) in dispatch_uuids:
-        _refresh(conn, "dispatches", REFRESH_DISPATCH, {"d": dispatch_uuid})
+        _refresh(conn, "dispatches", REFRESH_DISPATCH, "d", dispatch_uuid)
     refresh_all_workflows(conn)
     _mark_all_projected(conn)
 
