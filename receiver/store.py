@@ -388,34 +388,21 @@ FROM totals
 
 
 @lru_cache(maxsize=None)
-def _update_sql(table, columns):
-    key, *_ = REFRESHED_COLUMNS[table]
-    return f"UPDATE {table} SET {', '.join(f'{c} = ?' for c in columns)} WHERE {key} = ?"
-
-
-@lru_cache(maxsize=None)
-def _beside_stored(table, select, key):
-    """SQL: the row ``select`` recomputes, then the stored row of the same key (NULLs if none)."""
+def _upsert(table, select):
+    """SQL that writes the row ``select`` recomputes into ``table`` only where it differs from
+    the stored one: inserted when new, updated in place when changed, left alone when equal
+    (INSERT OR REPLACE deleted and re-inserted every refreshed row and all its index entries;
+    an UPDATE rewrites the row and the index entries of each column it sets, equal or not)."""
     columns = REFRESHED_COLUMNS[table]
-    return (f"SELECT new.*, {', '.join(f'old.{c}' for c in columns)} FROM ({select}) AS new "
-            f"LEFT JOIN {table} AS old ON old.{columns[0]} = :{key}")
+    key, *rest = columns
+    return (f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM ({select}) WHERE true "
+            f"ON CONFLICT ({key}) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in rest)} "
+            f"WHERE ({', '.join(rest)}) IS NOT ({', '.join(f'excluded.{c}' for c in rest)})")
 
 
 def _refresh(conn, table, select, key, value):
-    """Write the row ``select`` recomputes into ``table`` only where it differs from the stored
-    one: inserted when new, updated in its changed columns only, left alone when equal (an
-    UPDATE rewrites the row and the index entries of every column it names, equal or not)."""
-    row = conn.execute(_beside_stored(table, select, key), {key: value}).fetchone()
-    if row is None:
-        return
-    columns = REFRESHED_COLUMNS[table]
-    new, old = row[:len(columns)], row[len(columns):]
-    if old[0] is None:
-        conn.execute(_insert_sql(table, columns), dict(zip(columns, new)))
-    elif old != new:
-        changed = [(c, value) for c, was, value in zip(columns, old, new) if was != value]
-        conn.execute(_update_sql(table, tuple(c for c, _ in changed)),
-                     [value for _, value in changed] + [new[0]])
+    """Recompute one row of ``table`` with ``select`` (``:key`` = ``value``), written if changed."""
+    conn.execute(_upsert(table, select), {key: value})
 
 
 def refresh_dispatch(conn, dispatch_uuid):
