@@ -660,34 +660,55 @@ def _wal_frames(conn, wal_path, action):
     return grown // (page + 24), grown
 
 
+# The writer derives what was committed every PROJECT_EVERY_S (20 ms): about this many callbacks
+# at the benchmark's rate, what storage_cost derives at a time.
+PROJECTION_CALLBACKS = 32
+
+
 def storage_cost(args, bodies, run_dir, count=2_000, batch_sizes=()):
     """What one callback writes, measured in process from the WAL with checkpoints off (each
     frame is one page a transaction dirtied): the receiver's commit path in batches of 1 (a
     lone callback), of ``batch_sizes`` (the requests per commit the HTTP runs had) and of
-    ``args.writer_batch``, its deferred projection apart; and the textbook peer's
-    sqlite-utils insert (one transaction per callback, as it runs)."""
+    ``args.writer_batch``, its deferred projection apart (a transaction of its own after every
+    PROJECTION_CALLBACKS callbacks committed, as the writer's 20 ms holds); and the textbook
+    peer's sqlite-utils insert (one transaction per callback, as it runs)."""
     import sqlite_utils
 
     from receiver import store
 
     lines, plans = bench_plans(args, bodies, count)
     n = len(plans)
-    cost = {"callbacks": n, "batch": args.writer_batch, "receiver": {}}
+    cost = {"callbacks": n, "batch": args.writer_batch, "receiver": {},
+            "projection_every": PROJECTION_CALLBACKS}
     for batch_size in sorted({1, args.writer_batch, *batch_sizes}):
         path = run_dir / f"wal-b{batch_size}.db"
         conn = _fresh_store(path)
         conn.execute("PRAGMA wal_autocheckpoint = 0")
         wal = Path(f"{path}-wal")
+        written = {"store": [0, 0], "projection": [0, 0]}
 
-        def commit_all():
-            for batch in _batches(plans, batch_size):
-                with store.transaction(conn):
-                    store.store_batch(conn, batch)
+        def add(part, action):
+            frames, grown = _wal_frames(conn, wal, action)
+            written[part][0] += frames
+            written[part][1] += grown
 
-        frames, grown = _wal_frames(conn, wal, commit_all)
+        def commit(batch):
+            with store.transaction(conn):
+                store.store_batch(conn, batch)
+
+        pending = 0
+        for batch in _batches(plans, batch_size):
+            add("store", lambda: commit(batch))
+            pending += len(batch)
+            if getattr(store, "project", None) and pending >= PROJECTION_CALLBACKS:
+                add("projection", lambda: _project_all(conn))
+                pending = 0
+        if getattr(store, "project", None) and pending:
+            add("projection", lambda: _project_all(conn))
+        frames, grown = written["store"]
         entry = {"pages": round(frames / n, 2), "wal_bytes": round(grown / n)}
         if getattr(store, "project", None):
-            frames, grown = _wal_frames(conn, wal, lambda: _project_all(conn))
+            frames, grown = written["projection"]
             entry["projection_pages"] = round(frames / n, 2)
             entry["projection_wal_bytes"] = round(grown / n)
         cost["receiver"][batch_size] = entry
@@ -1007,7 +1028,8 @@ def print_storage(cost, alone):
               f"derived rows equal a rebuild: {'yes' if alone['derived_equal_rebuild'] else 'NO'}")
     if cost:
         print(f"what one callback writes (in process, {cost['callbacks']} bench bodies, WAL with "
-              f"checkpoints off, one frame per page a transaction dirtied):")
+              f"checkpoints off, one frame per page a transaction dirtied; the projection every "
+              f"{cost.get('projection_every', 'n/a')} callbacks):")
         rows = [(cost["receiver"][batch], f"receiver, {batch} callback(s) per commit")
                 for batch in sorted(cost["receiver"])]
         for c, label in rows + [(cost["textbook"], "textbook, one sqlite-utils insert per commit")]:

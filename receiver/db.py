@@ -11,7 +11,8 @@ from . import views
 # Schema version kept in PRAGMA user_version; bump it with each migration below.
 # 3: one meaning of "reached the person" (derived rows recomputed), Vonage's records
 # (VONAGE_RECORD_TABLES), the projection's position and triggers (PROJECTION).
-SCHEMA_VERSION = 3
+# 4: the indexes of a column only one API fills hold the rows that have it (SCHEMA_4).
+SCHEMA_VERSION = 4
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS callbacks (
@@ -74,9 +75,14 @@ CREATE TABLE IF NOT EXISTS status_events (
 -- message_history query, a message's links. dispatch: dispatch_timeline, a dispatch's links.
 -- timestamp: the dashboard's counts and chart by period. callback: prune (a callback goes
 -- once no event refers to it) and the foreign key.
-CREATE INDEX IF NOT EXISTS status_events_workflow ON status_events (workflow_id, timestamp);
+-- A Dispatch event has a dispatch_uuid and no workflow_id, a Messages one the reverse: each of
+-- those two indexes holds only the events that have its column (schema 4), and every reader
+-- asks for `column = value`, which SQLite answers from such a partial index.
+CREATE INDEX IF NOT EXISTS status_events_workflow ON status_events (workflow_id, timestamp)
+    WHERE workflow_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS status_events_message ON status_events (message_uuid, status_rank);
-CREATE INDEX IF NOT EXISTS status_events_dispatch ON status_events (dispatch_uuid, timestamp);
+CREATE INDEX IF NOT EXISTS status_events_dispatch ON status_events (dispatch_uuid, timestamp)
+    WHERE dispatch_uuid IS NOT NULL;
 CREATE INDEX IF NOT EXISTS status_events_timestamp ON status_events (timestamp);
 CREATE INDEX IF NOT EXISTS status_events_callback ON status_events (callback_id);
 
@@ -153,8 +159,14 @@ CREATE TABLE IF NOT EXISTS messages (
     network_code TEXT,
     sms_count INTEGER
 );
-CREATE INDEX IF NOT EXISTS messages_dispatch ON messages (dispatch_uuid, workflow_position);
-CREATE INDEX IF NOT EXISTS messages_workflow ON messages (workflow_id, workflow_position);
+-- dispatch: the dispatch refresh, dispatch_timeline, the reconciliation views, a dispatch's
+-- links. workflow: the Messages workflow refresh, dispatch_timeline, a workflow's legs. Each
+-- holds only the messages of its API (as the status_events ones). status: the messages page
+-- (its status facet, filtered by status newest first), messages_stuck_at_submitted.
+CREATE INDEX IF NOT EXISTS messages_dispatch ON messages (dispatch_uuid, workflow_position)
+    WHERE dispatch_uuid IS NOT NULL;
+CREATE INDEX IF NOT EXISTS messages_workflow ON messages (workflow_id, workflow_position)
+    WHERE workflow_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS messages_status ON messages (status, last_seen_at);
 
 CREATE TABLE IF NOT EXISTS dispatches (
@@ -319,6 +331,19 @@ PROJECTION = [
 ]
 
 
+# Schema 4: the indexes above that hold only the rows having their column (a partial index,
+# `WHERE column IS NOT NULL`) replace the full ones of schema 3, dropped here first (before
+# TABLES creates them again). A callback no longer writes an index entry for the column its
+# API leaves empty: one B-tree page fewer per status callback in status_events, one per
+# message in messages (docs/architecture.md, "Indexes and what uses each").
+SCHEMA_4 = [
+    "DROP INDEX IF EXISTS status_events_workflow",
+    "DROP INDEX IF EXISTS status_events_dispatch",
+    "DROP INDEX IF EXISTS messages_dispatch",
+    "DROP INDEX IF EXISTS messages_workflow",
+]
+
+
 class DatabaseError(RuntimeError):
     """A database file the receiver cannot use, said in one line a user can act on."""
 
@@ -429,6 +454,9 @@ def init_db(path, **kwargs):
             for statement in tables:
                 conn.execute(statement)
             _add_missing_columns(conn)  # before the indexes, which may cover new columns
+            if 0 < version < 4:
+                for statement in SCHEMA_4:
+                    conn.execute(statement)
             for statement in statements:
                 if statement not in tables:
                     conn.execute(statement)

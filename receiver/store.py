@@ -153,11 +153,13 @@ def store_batch(conn, plans):
 
 PROJECTION_POSITION = "SELECT status_event_id, final_report_id FROM projection WHERE id = 1"
 PENDING_EVENTS = "SELECT * FROM status_events WHERE id > ? ORDER BY id"
+# By the report index, in the order items were stored (``WHERE r.id > ? ORDER BY m.id`` scanned
+# every item ever stored, at each projection).
 PENDING_REPORT_ITEMS = """
 SELECT m.message_uuid, m.dispatch_uuid, m.channel, m.position, m.status, m.status_rank,
        m.price, m.price_nano, m.currency, r.timestamp
 FROM final_reports r JOIN final_report_messages m ON m.final_report_id = r.id
-WHERE r.id > ? ORDER BY m.id"""
+WHERE m.final_report_id > ? ORDER BY m.final_report_id, m.id"""
 REPORT_ITEM_KEYS = ("message_uuid", "dispatch_uuid", "channel", "position", "status",
                     "status_rank", "price", "price_nano", "currency")
 
@@ -287,12 +289,20 @@ def _merge_message(conn, observation):
     conn.execute(MERGE_MESSAGE, observation)
 
 
+# The columns of each refreshed table, its key first, in the order its refresh SELECTs them.
+REFRESHED_COLUMNS = {
+    "dispatches": (
+        "dispatch_uuid", "first_seen_at", "last_seen_at", "final_status", "final_timestamp",
+        "final_price", "final_price_nano", "final_currency", "final_report_count",
+        "message_count", "channels", "delivered_channel", "messages_price",
+        "messages_price_nano", "messages_currency"),
+    "workflows": (
+        "workflow_id", "api", "legs", "legs_seen", "channels", "delivered_channel", "outcome",
+        "price", "price_nano", "currency", "first_seen_at", "last_seen_at", "incomplete"),
+}
+
 # A dispatch's row, recomputed from its (few) messages rows and final reports.
 REFRESH_DISPATCH = f"""
-INSERT OR REPLACE INTO dispatches (
-    dispatch_uuid, first_seen_at, last_seen_at, final_status, final_timestamp, final_price,
-    final_price_nano, final_currency, final_report_count, message_count, channels,
-    delivered_channel, messages_price, messages_price_nano, messages_currency)
 WITH m AS MATERIALIZED (
     SELECT channel, first_seen_at, last_seen_at, price_nano, currency,
            {reached()} AS reached, {reached_at()} AS reached_at, workflow_position
@@ -330,9 +340,6 @@ INCOMPLETE = "coalesce(max(m.workflow_position) > count(DISTINCT m.workflow_posi
 # final report says completed (the condition was met), failed also when it says error; the
 # last leg is the final report's last.
 REFRESH_DISPATCH_WORKFLOW = f"""
-INSERT OR REPLACE INTO workflows (
-    workflow_id, api, legs, legs_seen, channels, delivered_channel, outcome, price, price_nano,
-    currency, first_seen_at, last_seen_at, incomplete)
 SELECT d.dispatch_uuid, 'dispatch', max(d.message_count, coalesce(r.message_count, 0)),
     d.message_count, d.channels, d.delivered_channel,
     CASE
@@ -355,9 +362,6 @@ WHERE d.dispatch_uuid = :d
 # A Messages failover workflow's row, from its legs (there is no final report): legs in leg
 # order; the last leg is items_total. Amounts in different currencies are not added up.
 REFRESH_MESSAGES_WORKFLOW = f"""
-INSERT OR REPLACE INTO workflows (
-    workflow_id, api, legs, legs_seen, channels, delivered_channel, outcome, price, price_nano,
-    currency, first_seen_at, last_seen_at, incomplete)
 WITH m AS MATERIALIZED (
     SELECT channel, status_rank, workflow_position, workflow_legs, first_seen_at, last_seen_at,
            price_nano, currency, {reached_at()} AS reached_at, {reached()} AS reached
@@ -383,16 +387,34 @@ FROM totals
 """
 
 
+@lru_cache(maxsize=None)
+def _upsert(table, select):
+    """SQL that writes the row ``select`` recomputes into ``table`` only where it differs from
+    the stored one: inserted when new, updated in place when changed, left alone when equal
+    (INSERT OR REPLACE deleted and re-inserted every refreshed row and all its index entries;
+    an UPDATE rewrites the row and the index entries of each column it sets, equal or not)."""
+    columns = REFRESHED_COLUMNS[table]
+    key, *rest = columns
+    return (f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM ({select}) WHERE true "
+            f"ON CONFLICT ({key}) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in rest)} "
+            f"WHERE ({', '.join(rest)}) IS NOT ({', '.join(f'excluded.{c}' for c in rest)})")
+
+
+def _refresh(conn, table, select, key, value):
+    """Recompute one row of ``table`` with ``select`` (``:key`` = ``value``), written if changed."""
+    conn.execute(_upsert(table, select), {key: value})
+
+
 def refresh_dispatch(conn, dispatch_uuid):
     """Recompute the ``dispatches`` row of one dispatch from its messages and final reports,
     and its ``workflows`` row from that."""
-    conn.execute(REFRESH_DISPATCH, {"d": dispatch_uuid})
-    conn.execute(REFRESH_DISPATCH_WORKFLOW, {"d": dispatch_uuid})
+    _refresh(conn, "dispatches", REFRESH_DISPATCH, "d", dispatch_uuid)
+    _refresh(conn, "workflows", REFRESH_DISPATCH_WORKFLOW, "d", dispatch_uuid)
 
 
 def refresh_messages_workflow(conn, workflow_id):
     """Recompute the ``workflows`` row of one Messages failover workflow from its legs."""
-    conn.execute(REFRESH_MESSAGES_WORKFLOW, {"w": workflow_id})
+    _refresh(conn, "workflows", REFRESH_MESSAGES_WORKFLOW, "w", workflow_id)
 
 
 def refresh_all_workflows(conn):
@@ -400,7 +422,7 @@ def refresh_all_workflows(conn):
     for (dispatch_uuid,) in conn.execute(
         f"SELECT dispatch_uuid FROM dispatches WHERE dispatch_uuid NOT IN {_pruned('workflows')}"
     ).fetchall():
-        conn.execute(REFRESH_DISPATCH_WORKFLOW, {"d": dispatch_uuid})
+        _refresh(conn, "workflows", REFRESH_DISPATCH_WORKFLOW, "d", dispatch_uuid)
     workflow_ids = conn.execute(
         "SELECT DISTINCT workflow_id FROM messages WHERE workflow_id IS NOT NULL "
         f"AND dispatch_uuid IS NULL AND workflow_id NOT IN {_pruned('workflows')}").fetchall()
@@ -484,7 +506,7 @@ def rebuild_derived(conn):
         f"EXCEPT SELECT key FROM {_pruned('dispatches')}"
     ).fetchall()
     for (dispatch_uuid,) in dispatch_uuids:
-        conn.execute(REFRESH_DISPATCH, {"d": dispatch_uuid})
+        _refresh(conn, "dispatches", REFRESH_DISPATCH, "d", dispatch_uuid)
     refresh_all_workflows(conn)
     _mark_all_projected(conn)
 

@@ -10,7 +10,7 @@ import sqlite3
 import time
 from contextlib import closing
 
-from payloads import dumps, new_uuid, status
+from payloads import dumps, new_uuid, status, v1_status
 from receiver import db, rows as plan_rows, store
 from receiver.callbacks import parse
 from receiver.cli import cli
@@ -161,4 +161,32 @@ def test_a_schema_2_file_migrates_with_its_events_counted_as_derived(db_path):
         assert conn.execute("SELECT * FROM projection").fetchall() == [(1, 3, 0)]
         assert conn.execute("SELECT name FROM sqlite_master WHERE name = "
                             "'final_report_messages_dispatch'").fetchall() == []
+        assert store.derived_differences(conn) == {t: 0 for t in store.DERIVED_TABLES}
+
+
+def test_a_refresh_writes_only_the_rows_that_change_in_place(db_path):
+    """SQLite rewrites a row and the index entries of every column an UPDATE sets, equal or not
+    (and INSERT OR REPLACE deletes and re-inserts it): a refresh that finds the derived row as it
+    should be writes nothing, and a changed row is updated in place."""
+    d, workflow_id = new_uuid(), new_uuid()
+    first = status(new_uuid(), d, "submitted", timestamp="2026-11-01T10:00:00.000Z")
+    leg = v1_status(new_uuid(), workflow=(workflow_id, 1, 2))
+    rowids = "SELECT rowid, last_seen_at FROM dispatches UNION ALL SELECT rowid, last_seen_at FROM workflows"
+    with closing(db.connect(str(db_path))) as conn:
+        with store.transaction(conn):
+            store.store_batch(conn, plans(first, leg))
+            store.project(conn)
+            before, stored = derived(conn), conn.execute(rowids).fetchall()
+            changes = conn.total_changes
+            store.refresh_dispatch(conn, d)
+            store.refresh_messages_workflow(conn, workflow_id)
+            assert conn.total_changes == changes
+            assert derived(conn) == before
+            # A later status of the same message: its dispatch and workflow rows change.
+            store.store_batch(conn, plans(status(first["message_uuid"], d, "delivered",
+                                                 timestamp="2026-11-01T10:00:05.000Z")))
+            store.project(conn)
+        after = conn.execute(rowids).fetchall()
+        assert [rowid for rowid, _ in after] == [rowid for rowid, _ in stored]  # in place
+        assert after != stored
         assert store.derived_differences(conn) == {t: 0 for t in store.DERIVED_TABLES}
