@@ -8,12 +8,10 @@ serves a whole batch. It commits the event rows only, and derives the ``messages
 own: right after each batch in process, every PROJECT_EVERY_S in the writer process.
 
 Under gunicorn the writer is a process of its own (``python -m receiver.writer``), which the
-workers reach through a Unix socket in a private directory named after the database
-(``endpoint_paths``: the workers of a second master reach the same writer). Each piece here is
-named for the one fault it handles:
-- ``Supervisor`` (a thread of the master, which holds no SQLite connection): a writer that
-  exits or is killed is replaced, a standby writer already started taking over within one lock
-  poll; a writer that hangs (no ``Heartbeat`` change for HUNG_S) is killed and so replaced.
+workers reach through a Unix socket named after the database (``endpoint_paths``: the workers
+of a second master reach the same writer). Each piece is named for the one fault it handles:
+- ``Supervisor`` (a thread of the master): a writer that exits, is killed or hangs is replaced,
+  a standby writer already started taking over.
 - the writer lock (``take_lock``): two writers never run on one file (gunicorn's USR2 starts a
   second master with writers of its own; they wait).
 - ``Heartbeat``: a worker answers a fast 503 when the writer is gone or hung, timed with the
@@ -21,7 +19,7 @@ named for the one fault it handles:
 - frames (``encode_request``, ``decode_request``): plain JSON of one fixed shape per operation,
   checked field by field, so nothing that reaches the socket can run code.
 
-Without gunicorn (the Flask test client, the CLI) the app calls an in-process
+Without gunicorn (the Flask test client, ``flask run``) the app calls an in-process
 ``GroupCommitWriter`` thread directly (no frames).
 """
 
@@ -71,8 +69,6 @@ DATABASE_FAILURES = {
 
 def is_database_failure(error):
     """True when ``error`` says the database cannot take writes (not that one write is bad)."""
-    if not isinstance(error, sqlite3.Error):
-        return False
     code = getattr(error, "sqlite_errorcode", None)
     if code is None:
         return isinstance(error, sqlite3.OperationalError)
@@ -96,9 +92,9 @@ class _Pending:
 
     __slots__ = ("work", "plan", "health", "done", "result", "error")
 
-    def __init__(self, work, plan=None, health=False):
-        self.work, self.plan, self.health = work, plan, health
-        self.done = self.result = self.error = None
+    def __init__(self, work, plan=None, health=False, error=None):
+        self.work, self.plan, self.health, self.error = work, plan, health, error
+        self.done = self.result = None
 
     @classmethod
     def of(cls, operation, args, kwargs):
@@ -158,16 +154,12 @@ class GroupCommitWriter:
         return self._queue.qsize() if self._queue is not None else 0
 
     def _ensure_started(self):
-        # Started lazily and again after a fork: threads and connections never cross a fork.
-        pid = os.getpid()
-        if self._pid != pid:
-            with self._lock:
-                if self._pid != pid:
-                    self._queue = queue.SimpleQueue()
-                    threading.Thread(target=self._run, args=(self._queue,), name="group-commit",
-                                     daemon=True).start()
-                    self._pid = pid
-        return self._queue
+        with self._lock:  # started lazily, and again after a fork: threads never cross one
+            if self._pid != os.getpid():
+                self._pid, self._queue = os.getpid(), queue.SimpleQueue()
+                threading.Thread(target=self._run, args=(self._queue,), name="group-commit",
+                                 daemon=True).start()
+            return self._queue
 
     def _run(self, work_queue):
         while True:
@@ -189,11 +181,8 @@ class GroupCommitWriter:
         return self._conn
 
     def commit_batch(self, batch):
-        """Run a batch of pending writes in one synced transaction; set each one's outcome.
-
-        Called by one thread only. Health probes alone, within HEALTH_FRESH_S of a successful
-        commit, are answered from it.
-        """
+        """Run a batch of pending writes in one synced transaction; set each one's outcome
+        (by one thread only). Probes alone within HEALTH_FRESH_S of a commit are answered."""
         if (all(p.health for p in batch) and self.last_commit is not None
                 and time.monotonic() - self.last_commit < HEALTH_FRESH_S):
             for pending in batch:
@@ -203,12 +192,10 @@ class GroupCommitWriter:
         try:
             self._commit(self._connection(), batch)
         except BaseException as error:  # a bug must not kill the writer or hang requests
-            if isinstance(error, sqlite3.Error):
-                log.error("storage failed, answering 503 to %d request(s): %s", len(batch), error)
-                failure = StorageError(str(error))
-            else:
-                log.exception("unexpected error in the writer")
-                failure = StorageError(f"internal error: {error!r}")
+            bug = not isinstance(error, sqlite3.Error)
+            log.error("storage failed, answering 503 to %d request(s): %r", len(batch), error,
+                      exc_info=bug)
+            failure = StorageError(f"internal error: {error!r}" if bug else str(error))
             self.last_commit = None  # health probes write again until a commit succeeds
             for pending in batch:
                 pending.result, pending.error = None, failure
@@ -346,20 +333,15 @@ def decode_request(frame):
 
 
 def _reply(status, value):
-    """A reply frame: [status, value], a Stored as its three fields."""
-    def stored(value):
-        if not isinstance(value, store.Stored):
-            raise TypeError(f"a {type(value).__name__} cannot be sent to a worker")
-        return [value.callback_id, value.delivery_count, value.kind]
-
-    try:
-        payload = json.dumps([status, value], separators=(",", ":"), default=stored)
-    except (TypeError, ValueError) as error:  # a result that cannot cross (a bug)
-        payload = json.dumps(["storage_error", f"internal error: {error}"])
-    return _LENGTH.pack(len(payload)) + payload.encode("utf-8")
+    """A reply frame: [status, value] (a Stored as its three fields)."""
+    if isinstance(value, store.Stored):
+        value = [value.callback_id, value.delivery_count, value.kind]
+    payload = json.dumps([status, value], separators=(",", ":")).encode("utf-8")
+    return _LENGTH.pack(len(payload)) + payload
 
 
 _LENGTH = struct.Struct("!I")
+_STATUS = {BadFrame: "bad_request", WriteFailed: "write_failed"}  # else "storage_error"
 # A request holds at most one body (RECEIVER_MAX_BODY_BYTES, base64: 4/3) and a few fields.
 FRAME_OVERHEAD = 1 << 20
 
@@ -381,12 +363,9 @@ LOCK_SUFFIX = ".writer-lock"
 
 
 def endpoint_paths(db_path, environ=os.environ):
-    """(socket path, lock path) of the writer of the database at ``db_path``.
-
-    The socket lives in a directory only this user can enter (under $XDG_RUNTIME_DIR or the
-    temporary directory; a Unix socket path is limited to 107 bytes), named by a hash of the
-    database's real path; the lock file lies beside the database.
-    """
+    """(socket path, lock path) of the writer of the database at ``db_path``: the socket in a
+    directory only this user can enter (a Unix socket path is limited to 107 bytes), named by a
+    hash of the database's real path; the lock file beside the database."""
     real = os.path.realpath(db_path)
     base = environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
     directory = os.path.join(base, f"receiver-writer-{os.getuid()}")
@@ -429,11 +408,6 @@ class Heartbeat:
         return now - since, info.st_ino
 
 
-def _beat(path, number):
-    # Whole seconds: libfaketime's stat() keeps only the seconds of a file time.
-    os.utime(path, (number, number))
-
-
 def lock_holder(lock_path):
     """The pid written in the lock file by the writer that holds it (None if unreadable)."""
     try:
@@ -447,11 +421,8 @@ def lock_holder(lock_path):
 
 
 class WriterServer:
-    """A GroupCommitWriter serving every worker process over a Unix socket, from one thread.
-
-    ``serve()`` runs in the thread that owns the connection (the caller holds the writer lock);
-    ``stop()``, from any thread, ends it within HEARTBEAT_S, after answering what has arrived.
-    """
+    """A GroupCommitWriter serving every worker process over a Unix socket, from the one
+    thread that runs ``serve()`` (the caller holds the writer lock)."""
 
     def __init__(self, settings, path):
         self.writer = GroupCommitWriter(settings)
@@ -463,22 +434,20 @@ class WriterServer:
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(path)
         self.inode = os.stat(path).st_ino
-        _beat(path, 1)
         self.listener.listen(512)
         self._stopped = threading.Event()
 
     def stop(self):
-        """Ask ``serve()`` to finish (safe from any thread)."""
+        """Have ``serve()`` answer what has arrived and return, within HEARTBEAT_S."""
         self._stopped.set()
 
     def heartbeat(self):
-        """Beat every HEARTBEAT_S until stopped (in a thread of its own: a long commit is
-        not a hang)."""
+        """Beat every HEARTBEAT_S until stopped (a thread of its own: a long commit is no hang)."""
         number = 1
         while not pause(self._stopped, HEARTBEAT_S):
             number += 1
-            try:
-                _beat(self.path, number)
+            try:  # whole seconds: libfaketime's stat() keeps only the seconds of a file time
+                os.utime(self.path, (number, number))
             except OSError as error:
                 log.error("writer heartbeat failed: %s", error)
 
@@ -494,8 +463,8 @@ class WriterServer:
         try:
             while not self._stopped.is_set():
                 try:
-                    self._serve_once(selector, buffers,
-                                     PROJECT_EVERY_S if writer.unprojected else HEARTBEAT_S)
+                    self._serve_once(selector, buffers, min(
+                        PROJECT_EVERY_S if writer.unprojected else HEARTBEAT_S, HEARTBEAT_S))
                     if writer.unprojected and time.monotonic() >= max(
                             writer.project_after, writer.unprojected_since + PROJECT_EVERY_S):
                         writer.project_pending()
@@ -543,10 +512,8 @@ class WriterServer:
                 self.writer.commit_batch(runnable[start:start + size])
             for conn, pending in batch:
                 error = pending.error
-                status = ("ok" if error is None else "bad_request" if isinstance(error, BadFrame)
-                          else "write_failed" if isinstance(error, WriteFailed)
-                          else "storage_error")
-                self._answer(conn, _reply(status, pending.result if error is None else str(error)))
+                self._answer(conn, _reply("ok", pending.result) if error is None else
+                             _reply(_STATUS.get(type(error), "storage_error"), str(error)))
 
     def _take_frames(self, conn, buffer, batch):
         """Move the complete frames in ``buffer`` into ``batch``; False to drop the connection."""
@@ -565,8 +532,7 @@ class WriterServer:
                 pending = decode_request(frame)
             except BadFrame as error:
                 log.error("refused a request to the writer: %s", error)
-                pending = _Pending(None)
-                pending.error = error
+                pending = _Pending(None, error=error)
             batch.append((conn, pending))
         return True
 
@@ -580,18 +546,14 @@ class WriterServer:
 
 
 class RemoteWriter:
-    """A worker's handle on the writer process (one connection per thread).
+    """A worker's handle on the writer process (one connection per thread). Fails fast: no
+    socket, a refused or closed connection, or a heartbeat older than STALE_S (before sending
+    and while waiting) is a StorageError at once."""
 
-    Fails fast: no socket, a refused connection or a closed one is a StorageError at once, and
-    so is a writer whose heartbeat is older than STALE_S, before sending and while waiting.
-    """
-
-    # While waiting for a reply, look at the heartbeat this often.
-    POLL_S = 0.1
+    POLL_S = 0.1  # while waiting for the writer, look at its heartbeat this often
 
     def __init__(self, settings, path):
-        self.settings = settings
-        self.path = path
+        self.settings, self.path = settings, path
         self._local = threading.local()
         self.heartbeat = Heartbeat(path)
 
@@ -636,10 +598,27 @@ class RemoteWriter:
         """Have the writer run ``operation``; raise StorageError if it cannot, quickly when
         the writer is gone or hung."""
         frame = encode_request(operation, args, kwargs)
+        frame = _LENGTH.pack(len(frame)) + frame
         deadline = time.monotonic() + self.settings.commit_timeout_s
         try:
-            conn = self._send_on_a_live_connection(_LENGTH.pack(len(frame)) + frame, deadline)
-            status, value = json.loads(self._receive(conn, deadline))
+            reused = getattr(self._local, "conn", None) is not None
+            try:
+                conn = self._send(frame, deadline)
+            except (BrokenPipeError, ConnectionResetError):
+                if not reused:
+                    raise
+                # The kept connection led to a writer that has since died: it never had the
+                # whole frame, so it cannot have stored it; send it once more, to the new one.
+                self.close()
+                conn = self._send(frame, deadline)
+            reply = b""
+            while len(reply) < _LENGTH.size + (_LENGTH.unpack_from(reply)[0]
+                                               if len(reply) >= _LENGTH.size else 0):
+                chunk = self._wait(conn.recv, 65536, deadline)  # a reply takes one, usually
+                if not chunk:
+                    raise StorageError("writer closed the connection (it stopped or was replaced)")
+                reply += chunk
+            status, value = json.loads(reply[_LENGTH.size:])
             if status == "ok" and operation == "store_planned":
                 value = store.Stored(*value)
         except (ConnectionRefusedError, FileNotFoundError):
@@ -653,65 +632,33 @@ class RemoteWriter:
             raise StorageError(f"writer unreachable: {error!r}") from None
         if status == "ok":
             return value
-        if status == "write_failed":
-            raise WriteFailed(value)
-        raise StorageError(value)
+        raise (WriteFailed if status == "write_failed" else StorageError)(value)
 
-    def _send_on_a_live_connection(self, data, deadline):
-        """Send ``data`` on this thread's connection, and once more on a new one when the kept
-        connection turns out to lead to a writer that has since died (a broken pipe or reset
-        while sending): a frame the writer did not wholly receive is never stored, so sending
-        it again cannot store it twice. Returns the connection that took it."""
-        reused = getattr(self._local, "conn", None) is not None
+    def _send(self, frame, deadline):
+        """Send ``frame`` on this thread's connection to the live writer; return the connection."""
         conn = self._connection(self.alive())
-        try:
-            self._send(conn, data, deadline)
-        except (BrokenPipeError, ConnectionResetError):
-            if not reused:
-                raise
-            self.close()
-            conn = self._connection(self.alive())
-            self._send(conn, data, deadline)
+        view = memoryview(frame)
+        while view:
+            view = view[self._wait(conn.send, view, deadline):]
         return conn
 
-    def _waited(self, deadline):
-        """After a timed-out send or recv: raise if the writer died, hung or took too long."""
-        self.alive()
-        if time.monotonic() > deadline:
-            raise StorageError(
-                f"commit not confirmed within {self.settings.commit_timeout_s} s")
-
-    def _send(self, conn, data, deadline):
-        view = memoryview(data)
-        while view:
-            try:
-                view = view[conn.send(view):]
-            except (BlockingIOError, TimeoutError):
-                self._waited(deadline)
-
-    def _receive(self, conn, deadline):
-        buffer = b""
+    def _wait(self, call, argument, deadline):
+        """``call(argument)``, retried through the socket's POLL_S timeouts while the writer
+        beats, until ``deadline``."""
         while True:
             try:
-                chunk = conn.recv(65536)  # a reply is a few dozen bytes: one recv holds it
+                return call(argument)
             except (BlockingIOError, TimeoutError):
-                self._waited(deadline)
-                continue
-            if not chunk:
-                raise StorageError("writer closed the connection (it stopped or was replaced)")
-            buffer += chunk
-            if len(buffer) >= _LENGTH.size:
-                (size,) = _LENGTH.unpack_from(buffer)
-                if len(buffer) >= _LENGTH.size + size:
-                    return buffer[_LENGTH.size:_LENGTH.size + size]
+                self.alive()
+                if time.monotonic() > deadline:
+                    raise StorageError(
+                        f"commit not confirmed within {self.settings.commit_timeout_s} s") from None
 
 
 def writer_for(settings, environ=os.environ):
     """The writer this process should use: the writer process, when gunicorn started one."""
     path = environ.get(SOCKET_VARIABLE)
-    if path:
-        return RemoteWriter(settings, path)
-    return GroupCommitWriter(settings)
+    return RemoteWriter(settings, path) if path else GroupCommitWriter(settings)
 
 
 # Set by the gunicorn master for its workers; not a user setting.
@@ -721,23 +668,16 @@ SOCKET_VARIABLE = "RECEIVER_WRITER_SOCKET"
 # --- the writer process and its supervisor --------------------------------------------------
 
 
-def take_lock(lock_path, stopping):
-    """Hold the exclusive flock of ``lock_path`` (waiting while another writer holds it);
-    returns the open file descriptor, or None if ``stopping`` was set while waiting."""
+def take_lock(lock_path):
+    """Hold the exclusive flock of ``lock_path``, waiting while another writer holds it (the
+    kernel wakes the waiter the moment it is let go); returns the open file descriptor."""
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-    waiting = False
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            if not waiting:
-                log.info("writer: standing by while another writer (pid %s) serves %s",
-                         lock_holder(lock_path), lock_path[:-len(LOCK_SUFFIX)])
-                waiting = True
-            if pause(stopping, 0.05):
-                os.close(fd)
-                return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log.info("writer: standing by while another writer (pid %s) serves %s",
+                 lock_holder(lock_path), lock_path[:-len(LOCK_SUFFIX)])
+        fcntl.flock(fd, fcntl.LOCK_EX)
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
@@ -760,23 +700,18 @@ def main():
     settings = load_settings()
     logs.configure(settings.log_format)  # RECEIVER_LOG_FORMAT=json: JSON lines, as gunicorn's
     socket_path, lock_path = endpoint_paths(settings.db_path)
-    stopping = threading.Event()
     server = None
 
     def watch_master():
         while os.read(0, 4096):
             pass
-        stopping.set()
-        if server is not None:
-            server.stop()
+        if server is None:
+            os._exit(0)  # a standby (or a writer not yet serving): nothing to finish
+        server.stop()
 
     threading.Thread(target=watch_master, name="writer-stdin", daemon=True).start()
-    lock = take_lock(lock_path, stopping)
-    if lock is None:
-        return 0
+    lock = take_lock(lock_path)
     server = WriterServer(settings, socket_path)
-    if stopping.is_set():
-        server.stop()
     log.info("writer: serving %s at %s", os.path.abspath(settings.db_path), socket_path)
     server.serve()  # returns with the database closed and the socket removed
     os.close(lock)  # the next writer may start now, before this interpreter has wound down
@@ -799,15 +734,12 @@ class Supervisor:
     """In the gunicorn master: keep a writer process serving, and one more standing by.
 
     gunicorn's arbiter forks, replaces and kills its HTTP workers only, and runs no hook on its
-    loop. So one thread of the master handles the writer's two faults:
-    - the writer exits or is killed: the standby (Python started, receiver imported, waiting
-      on the writer lock) takes over within one lock poll (50 ms); a new standby is spawned.
-      Measured (tests/test_writer_failures.py, kill -9 under 16 threads of load, 2 busy
-      cores): back 0.06-0.19 s after the kill with a standby, 1.1-1.7 s (and ~20 times the
-      503s) when the master has to start a new Python instead;
-    - the writer hangs (no ``Heartbeat`` change for HUNG_S): it is killed, so replaced.
-    Each writer's stdin is a pipe from the master: closing it (``stop()``), or the master's
-    death, tells the writer to finish.
+    loop; so a thread of the master (which holds no SQLite connection) handles the writer's
+    two faults. It exits or is killed: the standby (Python started, waiting on the writer lock)
+    takes over at once, and a new standby is spawned (measured under load, kill -9: back in
+    0.06-0.19 s, against 1.1-1.7 s and ~20 times the 503s when a new Python must start). It
+    hangs (no ``Heartbeat`` change for HUNG_S): it is killed, so replaced. Each writer's stdin
+    is a pipe from the master: closing it (``stop()``), or the master's death, ends it.
     """
 
     PROCESSES = 2  # the serving writer and its standby
@@ -843,13 +775,11 @@ class Supervisor:
             return probe.connect_ex(self.socket_path) == 0
 
     def _spawn(self):
-        """Start ``python -m receiver.writer`` (exec: nothing of the master's threads or SQLite),
-        its stdin a pipe from here. With posix_spawn, not subprocess.Popen: Popen waits for its
-        child's exec on a pipe, and a worker gunicorn forks meanwhile inherits that pipe, so
-        Popen (and the supervisor) would wait until that worker exits."""
+        """Start ``python -m receiver.writer``, its stdin a pipe from here, and nothing else of
+        the master's but stdout and stderr (not gunicorn's listening sockets, inheritable for
+        USR2; glibc skips a descriptor closed since it was listed). With posix_spawn: Popen
+        waits for its child's exec on a pipe that a worker forked meanwhile would hold."""
         read, write = os.pipe()
-        # Nothing of the master's but stdout and stderr (not gunicorn's listening sockets,
-        # inheritable for USR2); glibc skips a descriptor closed since it was listed.
         closes = [(os.POSIX_SPAWN_CLOSE, fd) for fd in map(int, os.listdir("/proc/self/fd"))
                   if fd > 2]
         try:
@@ -912,8 +842,6 @@ class Supervisor:
                     self.log.error("writer process %d did not stop in %.0f s: killed", pid,
                                    timeout)
                     os.kill(pid, signal.SIGKILL)
-                    with contextlib.suppress(ChildProcessError):
-                        os.waitpid(pid, 0)
                     break
                 time.sleep(0.02)
 
