@@ -233,16 +233,16 @@ class GroupCommitWriter:
         return {"projection_behind": self.unprojected, "projection_lag_ms": round(lag * 1000)}
 
     def project_pending(self):
-        """Derive the rows of what was committed since the last projection, in one
-        transaction of its own (not synced: a crash rolls it back with its position, and the
-        next synced commit syncs it); returns how many events it took. A failure is logged
-        and retried a second later: the events are safe, the lag grows (and alerts)."""
+        """Derive the rows of what was committed since the last projection, in a transaction
+        of its own (not synced: a crash rolls it back with its position, and the next synced
+        commit syncs it). A failure is logged and retried a second later: the events are safe,
+        the lag grows (and alerts)."""
         try:
             conn = self._connection()
             conn.execute("PRAGMA synchronous = NORMAL")
             try:
                 with store.transaction(conn):
-                    taken = store.project(conn)
+                    store.project(conn)
             finally:
                 conn.execute(f"PRAGMA synchronous = {self.settings.synchronous}")
         except Exception as error:  # noqa: BLE001 - the writer must outlive a failed projection
@@ -250,9 +250,8 @@ class GroupCommitWriter:
             self.project_after = time.monotonic() + 1.0
             if is_database_failure(error):
                 self.close()
-            return 0
-        self.unprojected, self.unprojected_since = 0, None
-        return taken
+        else:
+            self.unprojected, self.unprojected_since = 0, None
 
     def close(self):
         """Drop the connection (after a failure, or to stop); the next batch opens a new one."""
@@ -263,10 +262,8 @@ class GroupCommitWriter:
 
 
 # --- frames: plain JSON, one fixed shape per operation ----------------------------------------
-#
-# {"op": operation, field: value, ...} with exactly the fields FRAMES names for it, of their
-# types; a Rejection and a Delivery cross as objects of their fields (the body in base64), a
-# plan (rows.plan) as the plain data it is. Nothing else decodes.
+# {"op": operation, field: value, ...}, exactly the fields FRAMES names, of their types: a
+# Rejection and a Delivery as objects of their fields (the body in base64), a plan as it is.
 
 _TEXT_OR_NULL = (str, type(None))
 FRAMES = {
