@@ -207,7 +207,8 @@ class GroupCommitWriter:
         alone = batch
         with store.transaction(conn):
             if len(planned) > 1:  # stored together (set-based); one by one if that fails
-                results, error = _apart(conn, lambda c: store.store_batch(c, [p.plan for p in planned]))
+                plans = [p.plan for p in planned]
+                results, error = _apart(conn, lambda c: store.store_batch(c, plans))
                 if error is None:
                     for pending, result in zip(planned, results):
                         pending.result = result
@@ -456,12 +457,13 @@ class WriterServer:
         selector.register(self.listener, selectors.EVENT_READ)
         buffers = {}
         writer = self.writer
-        writer.unprojected, writer.unprojected_since = 1, time.monotonic()  # a kill -9 may have left some
+        # A kill -9 may have left committed events underived: project once at the start.
+        writer.unprojected, writer.unprojected_since = 1, time.monotonic()
         try:
             while not self._stopped.is_set():
                 try:
-                    self._serve_once(selector, buffers, min(
-                        PROJECT_EVERY_S if writer.unprojected else HEARTBEAT_S, HEARTBEAT_S))
+                    self._serve_once(selector, buffers, min(PROJECT_EVERY_S, HEARTBEAT_S)
+                                     if writer.unprojected else HEARTBEAT_S)
                     if writer.unprojected and time.monotonic() >= max(
                             writer.project_after, writer.unprojected_since + PROJECT_EVERY_S):
                         writer.project_pending()
@@ -519,7 +521,7 @@ class WriterServer:
             if size > self.max_frame:
                 log.error("refused a frame of %d bytes (the limit is %d); connection closed",
                           size, self.max_frame)
-                self._answer(conn, _reply("bad_request", f"frame of {size} bytes is over the limit"))
+                self._answer(conn, _reply("bad_request", f"a frame of {size} bytes is too big"))
                 return False
             if len(buffer) < _LENGTH.size + size:
                 break
@@ -648,8 +650,8 @@ class RemoteWriter:
             except (BlockingIOError, TimeoutError):
                 self.alive()
                 if time.monotonic() > deadline:
-                    raise StorageError(
-                        f"commit not confirmed within {self.settings.commit_timeout_s} s") from None
+                    timeout = self.settings.commit_timeout_s
+                    raise StorageError(f"commit not confirmed within {timeout} s") from None
 
 
 def writer_for(settings, environ=os.environ):
@@ -777,11 +779,11 @@ class Supervisor:
         USR2; glibc skips a descriptor closed since it was listed). With posix_spawn: Popen
         waits for its child's exec on a pipe that a worker forked meanwhile would hold."""
         read, write = os.pipe()
-        closes = [(os.POSIX_SPAWN_CLOSE, fd) for fd in map(int, os.listdir("/proc/self/fd"))
-                  if fd > 2]
+        actions = [(os.POSIX_SPAWN_DUP2, read, 0)] + [
+            (os.POSIX_SPAWN_CLOSE, fd) for fd in map(int, os.listdir("/proc/self/fd")) if fd > 2]
         try:
             pid = os.posix_spawn(sys.executable, [sys.executable, "-m", "receiver.writer"],
-                                 os.environ, file_actions=[(os.POSIX_SPAWN_DUP2, read, 0), *closes])
+                                 os.environ, file_actions=actions)
         except BaseException:
             os.close(write)
             raise
@@ -805,7 +807,8 @@ class Supervisor:
                 os.close(stdin)
                 del self.procs[pid]
                 # Writers that keep dying at once (a bad path, a full disk) are retried less often.
-                backoff = 0.0 if time.monotonic() - started > 10 else min(max(backoff * 2, 0.1), 2.0)
+                ran = time.monotonic() - started
+                backoff = 0.0 if ran > 10 else min(max(backoff * 2, 0.1), 2.0)
             holder = lock_holder(self.lock_path)
             if holder in self.procs and self._hung(holder):
                 self.log.error("writer process %d has not beaten for %.0f s: replacing it",
