@@ -23,6 +23,7 @@ import pytest
 from conftest import post_to
 from payloads import dumps, final_report, status
 from receiver import create_app
+from receiver.writer import WriteFailed, _Pending
 
 TESTS_DIR = str(Path(__file__).resolve().parent)
 
@@ -241,7 +242,8 @@ def held_writer(app):
     """Block the app's writer thread so that the requests sent meanwhile form one batch."""
     writer = app.extensions["receiver.writer"]
     entered, release = threading.Event(), threading.Event()
-    blocker = threading.Thread(target=writer.submit, args=(lambda conn: (entered.set(), release.wait(10)),))
+    blocker = threading.Thread(target=writer.submit,
+                               args=(_Pending(lambda conn: (entered.set(), release.wait(10))),))
     blocker.start()
     assert entered.wait(5)
     try:
@@ -284,16 +286,14 @@ def test_concurrent_callbacks_share_one_commit(app, rows, db_path):
 def test_one_failing_write_does_not_fail_its_batch(app, rows, db_path):
     """A write that fails on its own (here SQLite's integer overflow in sum()) fails alone:
     its batch-mates are committed, and it gets WriteFailed, not a storage failure."""
-    from receiver.writer import WriteFailed
-
     good = [dumps(status(f"m-{i}", "d-1")) for i in range(3)]
     outcome = {}
     writer = app.extensions["receiver.writer"]
 
     def overflow():
         try:
-            writer.submit(lambda conn: conn.execute(
-                "SELECT sum(x) FROM (SELECT 9223372036854775807 AS x UNION ALL SELECT 1)").fetchone())
+            writer.submit(_Pending(lambda conn: conn.execute(
+                "SELECT sum(x) FROM (SELECT 9223372036854775807 AS x UNION ALL SELECT 1)").fetchone()))
         except Exception as error:  # noqa: BLE001 - recorded and asserted below
             outcome["error"] = error
 

@@ -447,12 +447,12 @@ def test_a_bad_write_in_a_group_commit_fails_alone(db_path, rows):
     """The writer stores a batch together; one write that fails (here a plan the store cannot
     take) fails alone with WriteFailed, and its batch-mates are committed."""
     from receiver.config import load_settings
-    from receiver.writer import GroupCommitWriter, WriteFailed, _Pending, work
+    from receiver.writer import GroupCommitWriter, WriteFailed, _Pending
 
     plans = _plans([status(new_uuid(), new_uuid(), "delivered") for _ in range(5)])
     plans[2]["event"]["message_uuid"] = None  # status_events.message_uuid is NOT NULL
     writer = GroupCommitWriter(load_settings(db_path=str(db_path)))
-    batch = [_Pending(work("store_planned", (p,), {})) for p in plans]
+    batch = [_Pending.of("store_planned", (p,), {}) for p in plans]
     writer.commit_batch(batch)
     writer.close()
     assert isinstance(batch[2].error, WriteFailed)

@@ -22,7 +22,6 @@ from receiver.writer import (
     StorageError,
     WriterServer,
     encode_request,
-    max_frame,
 )
 from testing.processes import Gunicorn, stat_fields
 
@@ -115,14 +114,16 @@ BAD_FRAMES = {
     "a pickle": _frame(b"\x80\x04\x95\x1d\x00\x00\x00\x00\x00\x00\x00\x8c\x05posix\x94\x8c\x06"
                        b"system\x94\x93\x94\x8c\x05true\x94\x85\x94R\x94."),
     "JSON, not an object": _frame(b"[1, 2, 3]"),
-    "an object of the wrong shape": _frame(b'{"op": "store_planned", "args": 5, "kwargs": {}}'),
-    "an unknown operation": _frame(b'{"op": "rebuild_derived", "args": [], "kwargs": {}}'),
-    "a dunder operation": _frame(b'{"op": "__class__", "args": [], "kwargs": {}}'),
-    "too few arguments": _frame(b'{"op": "store_rejection", "args": [], "kwargs": {}}'),
-    "an unknown value type": _with(["args", 0, 0], "os.system"),
-    "a field of the wrong type": _with(["args", 1, 1, "received_at"], 12),
-    "an unknown field": _with(["args", 1, 1, "__init__"], "x"),
-    "bytes that are not base64": _with(["args", 1, 1, "body"], "%%%"),
+    "an object of the wrong shape": _frame(b'{"op": "store_planned", "plan": 5}'),
+    "an unknown operation": _frame(b'{"op": "rebuild_derived"}'),
+    "a dunder operation": _frame(b'{"op": "__class__"}'),
+    "an operation that is not a name": _frame(b'{"op": ["store_planned"], "plan": {}}'),
+    "too few arguments": _frame(b'{"op": "store_rejection"}'),
+    "an unknown argument": _with(["__init__"], "x"),
+    "an argument of the wrong type": _with(["rejection"], "os.system"),
+    "a field of the wrong type": _with(["delivery", "received_at"], 12),
+    "an unknown field": _with(["delivery", "__init__"], "x"),
+    "bytes that are not base64": _with(["delivery", "body"], "%%%"),
 }
 
 
@@ -142,7 +143,7 @@ def test_a_huge_length_prefix_is_refused_without_reading_it(server, rows, db_pat
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
         raw.settimeout(5)
         raw.connect(server.path)
-        raw.sendall(struct.pack("!I", max_frame(server.writer.settings) + 1) + b"{")
+        raw.sendall(struct.pack("!I", server.max_frame + 1) + b"{")
         size = struct.unpack("!I", raw.recv(4))[0]
         assert json.loads(raw.recv(size))[0] == "bad_request"
         assert raw.recv(10) == b""  # and the connection is closed: no way to resynchronise
