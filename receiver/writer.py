@@ -341,7 +341,7 @@ def _reply(status, value):
 _LENGTH = struct.Struct("!I")
 _STATUS = {BadFrame: "bad_request", WriteFailed: "write_failed"}  # else "storage_error"
 # A request holds at most one body (RECEIVER_MAX_BODY_BYTES, base64: 4/3) and a few fields.
-FRAME_OVERHEAD = 1 << 20
+_FRAME_OVERHEAD = 1 << 20
 
 
 # --- where the writer is, and whether it is alive -------------------------------------------
@@ -427,7 +427,7 @@ class WriterServer:
         self.window_s = settings.commit_window_ms / 1000
         self.last_commit = 0.0  # time.monotonic() when the latest commit began
         self.path = path
-        self.max_frame = settings.max_body_bytes * 2 + FRAME_OVERHEAD
+        self.max_frame = settings.max_body_bytes * 2 + _FRAME_OVERHEAD
         _private_directory(os.path.dirname(path))
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)  # a dead writer's socket: we hold the lock, it is ours now
