@@ -35,10 +35,6 @@ class Settings:
     commit_timeout_s: float = 10.0
     # Most callbacks one group commit takes at once.
     max_batch: int = 256
-    # The writer process begins its commits at least this far apart: a callback that comes
-    # sooner waits, and those that come meanwhile share its commit (fewer, bigger commits: less
-    # CPU and fewer fsyncs per callback under load; bench/README.md). 0: no waiting.
-    commit_window_ms: float = 1.0
     # Number of proxies in front of the receiver whose X-Forwarded-For to trust (0: none).
     proxy_hops: int = 0
     log_level: str = "INFO"
@@ -87,7 +83,6 @@ ENVIRONMENT = {
     "busy_timeout_ms": ("RECEIVER_BUSY_TIMEOUT_MS", int),
     "commit_timeout_s": ("RECEIVER_COMMIT_TIMEOUT_S", float),
     "max_batch": ("RECEIVER_MAX_BATCH", int),
-    "commit_window_ms": ("RECEIVER_COMMIT_WINDOW_MS", float),
     "proxy_hops": ("RECEIVER_PROXY_HOPS", int),
     "log_level": ("RECEIVER_LOG_LEVEL", str.upper),
     "signature_secret": ("VONAGE_SIGNATURE_SECRET", str),
@@ -150,7 +145,6 @@ RANGES = {
     "busy_timeout_ms": (0, None),
     "commit_timeout_s": (0.001, None),
     "max_batch": (1, None),
-    "commit_window_ms": (0, 1000),  # 0: commit as soon as a callback has come
     "proxy_hops": (0, None),
     "signature_max_age_s": (1, None),
     "signature_max_skew_s": (0, None),

@@ -424,8 +424,6 @@ class WriterServer:
 
     def __init__(self, settings, path):
         self.writer = GroupCommitWriter(settings)
-        self.window_s = settings.commit_window_ms / 1000
-        self.last_commit = 0.0  # time.monotonic() when the latest commit began
         self.path = path
         self.max_frame = settings.max_body_bytes * 2 + _FRAME_OVERHEAD
         _private_directory(os.path.dirname(path))
@@ -489,34 +487,6 @@ class WriterServer:
 
     def _serve_once(self, selector, buffers, timeout):
         batch = []
-        self._read(selector, buffers, timeout, batch)
-        # The commit window (RECEIVER_COMMIT_WINDOW_MS): commits begin at least this far apart.
-        # Requests that come sooner after the last one wait for the rest of the window, and
-        # those arriving meanwhile share their commit; after a quiet spell, or when a commit
-        # takes longer than the window (a slow disk), nothing waits.
-        window_ends = self.last_commit + self.window_s
-        while batch and len(batch) < self.writer.settings.max_batch:
-            left = window_ends - time.monotonic()
-            if left <= 0:
-                break
-            self._read(selector, buffers, left, batch)
-        if batch:
-            self.last_commit = time.monotonic()
-            self._commit_and_answer(batch)
-
-    def _commit_and_answer(self, batch):
-        runnable = [pending for _, pending in batch if pending.error is None]
-        size = self.writer.settings.max_batch
-        for start in range(0, len(runnable), size):
-            self.writer.commit_batch(runnable[start:start + size])
-        for conn, pending in batch:
-            error = pending.error
-            self._answer(conn, _reply("ok", pending.result) if error is None else
-                         _reply(_STATUS.get(type(error), "storage_error"), str(error)))
-
-    def _read(self, selector, buffers, timeout, batch):
-        """Accept connections and move the complete requests that arrive within ``timeout``
-        into ``batch``."""
         for key, _ in selector.select(timeout):
             if key.fileobj is self.listener:
                 with contextlib.suppress(OSError):
@@ -534,6 +504,15 @@ class WriterServer:
                 selector.unregister(conn)  # closed by the worker, or a frame we refuse to read
                 del buffers[conn]
                 conn.close()
+        if batch:
+            runnable = [pending for _, pending in batch if pending.error is None]
+            size = self.writer.settings.max_batch
+            for start in range(0, len(runnable), size):
+                self.writer.commit_batch(runnable[start:start + size])
+            for conn, pending in batch:
+                error = pending.error
+                self._answer(conn, _reply("ok", pending.result) if error is None else
+                             _reply(_STATUS.get(type(error), "storage_error"), str(error)))
 
     def _take_frames(self, conn, buffer, batch):
         """Move the complete frames in ``buffer`` into ``batch``; False to drop the connection."""
