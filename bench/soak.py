@@ -121,7 +121,9 @@ def main(argv=None):
     growth = max((r["last_tenth_kib"] / r["first_tenth_kib"] - 1) for r in rss.values()
                  if r["first_tenth_kib"] and r["last_tenth_kib"]) if memory else 0.0
     lags_sorted = sorted(lags)
-    print(json.dumps({"rss": rss, "projection_lag_ms": lags_sorted[-20:]}), flush=True)
+    # Progress on stderr before the long checks; stdout gets the one JSON report.
+    print(json.dumps({"rss": rss, "projection_lag_ms": lags_sorted[-20:]}), file=sys.stderr,
+          flush=True)
     recorded, recomputed = stored_hashes(server.db_path)
     # Not testing.traffic.receiver_check: its 60 s limit is too short for a large file.
     checked = subprocess.run([str(VENV_BIN / "receiver"), "check", "--db", str(server.db_path)],
