@@ -12,10 +12,8 @@ Not part of ``make test``: it takes a while (about 1.5 ms per callback on 2 shar
 """
 
 import argparse
-import hashlib
 import http.client
 import json
-import os
 import statistics
 import subprocess
 import sys
