@@ -711,6 +711,10 @@ def test_with_a_password_every_page_needs_the_login(walled, u):
         assert (response.status_code, response.headers.get("location")) == (302, "/-/login"), path
     for path in data:
         assert walled.get(path).status_code == 403, path
+    # The short links to a table or view are behind it too (they would tell which names exist).
+    for name in ("messages", "no_such_table"):
+        response = walled.get(f"/-/receiver/{name}")
+        assert (response.status_code, response.headers.get("location")) == (302, "/-/login"), name
     # The login page itself, and robots.txt, stay reachable.
     assert walled.get("/-/login").status_code == 200
     assert walled.get("/robots.txt").status_code == 200
@@ -727,6 +731,7 @@ def test_the_right_password_logs_in_and_opens_every_page(walled, u, password_has
     for path in html + data:
         assert walled.get(path, cookies=actor).status_code == 200, path
     assert walled.get("/-/actor.json", cookies=actor).json()["actor"] == {"id": "root"}
+    assert walled.get("/-/receiver/messages", cookies=actor).headers["location"].endswith("/messages")
     # The hash itself is never shown, not even to the logged-in user.
     assert password_hash not in walled.get("/-/metadata.json", cookies=actor).text
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 from datasette import hookimpl
-from datasette.utils.asgi import NotFound, Response
+from datasette.utils.asgi import Forbidden, NotFound, Response
 
 from receiver.config import load_settings
 
@@ -88,6 +88,8 @@ def forbidden(datasette, request, message):
 
 async def _to_served(datasette, request):
     """/-/receiver/<name> -> the table or view <name> of the served database."""
+    if not await datasette.permission_allowed(request.actor, "view-instance", default=True):
+        raise Forbidden("Log in to see this page.")  # behind the login, like every page
     name = request.url_vars["name"]
     served = [db for db in datasette.databases.values() if db.name != "_internal"]
     if not served or not (await served[0].table_exists(name) or name in await served[0].view_names()):
