@@ -126,10 +126,9 @@ def write_events(rows, out, fmt, progress=None):
             progress.update(1)
 
 
-
 # Reconciliation against Vonage's own records: the three vonage_reconciliation views of
 # receiver/views.py, every column, the rows of the period (by the day Vonage received the
-# message, else our first status). (columns written, SELECT with :start/:end)
+# message, else our first status). (view, the column the period bounds, the order)
 RECONCILIATION_VIEWS = {
     "message": ("vonage_reconciliation", "day", "sent_at, message_uuid"),
     "day": ("vonage_reconciliation_by_day", "day", "day, channel, currency"),
@@ -138,28 +137,22 @@ RECONCILIATION_VIEWS = {
 }
 
 
-def reconciliation_query(conn, by):
-    """(columns, SELECT with :start/:end) of a reconciliation export."""
-    view, period_column, order = RECONCILIATION_VIEWS[by]
-    columns = [c[0] for c in conn.execute(f"SELECT * FROM {view} LIMIT 0").description]
-    return columns, (f"SELECT * FROM {view} WHERE {period_column} >= :start "
-                     f"AND {period_column} < :end ORDER BY {order}")
-
-
 def write_reconciliation_csv(conn, by, start, end, out, progress=None):
     """Write a reconciliation export as RFC 4180 CSV (CRLF); return {class: messages}."""
-    columns, select = reconciliation_query(conn, by)
+    view, period_column, order = RECONCILIATION_VIEWS[by]
+    cursor = conn.execute(f"SELECT * FROM {view} WHERE {period_column} >= :start "
+                          f"AND {period_column} < :end ORDER BY {order}", period(start, end))
+    columns = [d[0] for d in cursor.description]
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(columns)
     classes = {}
-    for row in conn.execute(select, period(start, end)):
+    for row in cursor:
         writer.writerow(neutralise_row(row))
         record = dict(zip(columns, row))
         if "class" in record:
             classes[record["class"]] = classes.get(record["class"], 0) + 1
         else:
-            for name in ("match", "price_differs", "currency_differs", "status_differs",
-                         "no_callbacks", "not_in_vonage_records"):
+            for name in views.CLASSES:
                 classes[name] = classes.get(name, 0) + (record[name] or 0)
         if progress is not None:
             progress.update(1)
