@@ -20,14 +20,16 @@ V1_CHANNELS = ("sms", "mms", "rcs", "whatsapp", "messenger", "viber_service", "e
 # `viber_service`, Dispatch `viber_service_msg`, and the Final Report's channel enum misspells
 # it in every published spec version. Each other name -> the one stored (channel_name).
 CHANNEL_NAMES = {"viber_service": "viber_service_msg", "viber_sevice_msg": "viber_service_msg"}
-# Every channel as stored: Dispatch's and the Messages API's (whose statuses may come in the
-# v0.1 shape too: any message can ask for v0.1 webhooks).
-STORED_CHANNELS = tuple(dict.fromkeys(CHANNEL_NAMES.get(c, c) for c in (*CHANNELS, *V1_CHANNELS)))
 
 
 def channel_name(name):
     """The one name a channel is stored and labelled under, whichever API or spec spelt it."""
     return CHANNEL_NAMES.get(name, name)
+
+
+# Every channel as stored: Dispatch's and the Messages API's (whose statuses may come in the
+# v0.1 shape too: any message can ask for v0.1 webhooks).
+STORED_CHANNELS = tuple(dict.fromkeys(channel_name(c) for c in (*CHANNELS, *V1_CHANNELS)))
 # Channels without `read` receipts (Messages spec 1.20.0: `read` only on the OTT channels).
 NO_READ_CHANNELS = ("sms", "mms")
 FINAL_STATUSES = ("completed", "error")

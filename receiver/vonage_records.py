@@ -41,7 +41,7 @@ from decimal import Decimal
 from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 from . import money, store
-from .schemas import format_timestamp, parse_timestamp
+from .schemas import channel_name, format_timestamp, parse_timestamp
 
 PRODUCTS = ("MESSAGES", "SMS")
 
@@ -92,8 +92,9 @@ PUBLISH = (
 # Vonage's usual date shape, UTC: 2019-06-28T15:30:00+0000 (days are checked once each).
 UTC_SHAPE = re.compile(r"(\d{4}-[01]\d-[0-3]\d)T(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\+0000|Z)\Z")
 
-# A MESSAGES record's provider -> the channel name our tables use (schemas.CHANNELS).
-CHANNEL_NAMES = {"viber": "viber_service_msg", "viber_service": "viber_service_msg"}
+# A MESSAGES record's provider spelt otherwise than any API names its channel; every name then
+# goes through schemas.channel_name, the one name our tables use.
+PROVIDER_CHANNELS = {"viber": "viber_service"}
 
 REPORT_NAME = re.compile(r"report_([A-Z][A-Z-]*)_([^_/]*)_(\d{8})\.csv\Z")
 CHUNK = 20_000  # rows per executemany
@@ -281,7 +282,7 @@ def _row_converter(name, header, product, job, where):
             channel = channels[provider]
         except KeyError:
             channel = channels[provider] = "sms" if product == "SMS" else (
-                CHANNEL_NAMES.get(provider.lower(), provider.lower()) or None)
+                channel_name(PROVIDER_CHANNELS.get(provider.lower(), provider.lower())) or None)
         return (message_id, import_id, product, *pick(row), finalized or None, channel, received,
                 latency, price, nano, currency)
 
