@@ -58,6 +58,7 @@ CHARGED_STATUS = """CASE
     ELSE CASE WHEN delivered_at IS NOT NULL THEN 'delivered' ELSE 'read' END
 END"""
 
+
 def _billing_per(period, expression):
     """SQL: billing_lines totalled per ``period`` (``expression`` of charged_at), API, channel
     and currency; charged messages without a price are counted (unpriced_messages)."""
@@ -75,6 +76,12 @@ SELECT
 FROM billing_lines
 GROUP BY {period}, api, channel, currency
 """
+
+
+# SQL: the messages row ``m`` is a leg of the workflows row ``w`` (a Dispatch leg by its
+# dispatch_uuid, a Messages leg by its workflow_id).
+LEG_OF_W = ("(m.dispatch_uuid = w.workflow_id"
+            " OR (m.dispatch_uuid IS NULL AND m.workflow_id = w.workflow_id))")
 
 
 def hours_since(expression):
@@ -250,7 +257,7 @@ WHERE m.status = 'submitted'
 """,
     # Failed workflows of either API with why: the code and reason of the last leg (the one
     # whose failure ended the workflow; error_reason is both APIs' error text).
-    "failed_workflows": """
+    "failed_workflows": f"""
 SELECT
     w.workflow_id,
     w.api,
@@ -266,7 +273,7 @@ SELECT
 FROM workflows w
 LEFT JOIN messages l ON l.message_uuid = (
     SELECT m.message_uuid FROM messages m
-    WHERE m.dispatch_uuid = w.workflow_id OR (m.dispatch_uuid IS NULL AND m.workflow_id = w.workflow_id)
+    WHERE {LEG_OF_W}
     ORDER BY m.workflow_position IS NULL, m.workflow_position DESC, m.last_seen_at DESC
     LIMIT 1)
 WHERE w.outcome = 'failed'
@@ -280,7 +287,7 @@ SELECT
     w.legs,
     (SELECT group_concat(workflow_position, ',') FROM (
         SELECT DISTINCT m.workflow_position FROM messages m
-        WHERE (m.dispatch_uuid = w.workflow_id OR (m.dispatch_uuid IS NULL AND m.workflow_id = w.workflow_id))
+        WHERE {LEG_OF_W}
           AND m.workflow_position IS NOT NULL
         ORDER BY m.workflow_position)) AS legs_heard_of,
     w.channels,
@@ -363,6 +370,7 @@ def _case(expression, mapping):
 
 VONAGE_OUTCOME = _case("lower(r.status)", {k: OUTCOME[v] for k, v in VONAGE_STATUS_AS_OURS.items()})
 OUR_OUTCOME = _case("m.status", OUTCOME)
+
 
 def billed(column):
     """SQL: ``column`` of our message ``m``'s billing line (its billing_lines row, read from
