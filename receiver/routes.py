@@ -110,7 +110,8 @@ def receive():
         return _reject(rejection, delivery)
     try:
         # The rows are built here, in the worker; the writer only runs SQL.
-        stored = app.extensions["receiver.writer"].run("store_planned", rows.plan(callback, delivery, signature))
+        planned = rows.plan(callback, delivery, signature)
+        stored = app.extensions["receiver.writer"].run("store_planned", planned)
     except WriteFailed as error:
         # Valid, yet this write fails on its own (retrying would too): keep the body.
         return _reject(Rejection(422, "unstorable", "The callback is valid but could not be "
